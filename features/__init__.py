@@ -1,0 +1,1 @@
+"""Spark feature jobs: ingest + validate, vocabularies, splits, sequences, CTR samples, item content."""

@@ -1,0 +1,72 @@
+"""Train / valid / test assignment of encoded interactions.
+
+* ``leave_one_out``: per user, events ordered by ``(timestamp, item_id)``; the last goes to test, the one
+  before to valid, the rest to train. The raw ``item_id`` breaks ties on equal timestamps, so the result does
+  not depend on file order or on vocabulary indices. Users with fewer than ``min_user_events`` events stay
+  entirely in train.
+* ``temporal``: one global cut. Events at or after the ``1 - test_fraction`` time quantile go to test, those
+  at or after the ``1 - test_fraction - valid_fraction`` quantile to valid (exact ``percentile_disc``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys.errors import ConfigError
+from recsys.schema import ITEM_ID, SPLIT, TIMESTAMP, USER_IDX
+
+EVENT_ORDER = (TIMESTAMP, ITEM_ID)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: str
+    min_user_events: int
+    valid_fraction: float
+    test_fraction: float
+
+
+def split_leave_one_out(events: DataFrame, min_user_events: int) -> DataFrame:
+    """Add ``split``; needs ``user_idx``, ``timestamp``, ``item_id``."""
+    latest_first = Window.partitionBy(USER_IDX).orderBy(*[F.col(c).desc() for c in EVENT_ORDER])
+    per_user = Window.partitionBy(USER_IDX)
+    position = F.row_number().over(latest_first)
+    eligible = F.count(F.lit(1)).over(per_user) >= min_user_events
+    split = (
+        F.when(eligible & (position == 1), F.lit("test"))
+        .when(eligible & (position == 2), F.lit("valid"))
+        .otherwise(F.lit("train"))
+    )
+    return events.withColumn(SPLIT, split)
+
+
+def split_temporal(events: DataFrame, valid_fraction: float, test_fraction: float) -> DataFrame:
+    if not (0 <= valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"features.split fractions must satisfy 0 <= valid, 0 < test, valid + test < 1; "
+            f"got valid={valid_fraction}, test={test_fraction}."
+        )
+    cuts = events.agg(
+        F.expr(f"percentile_disc({1 - test_fraction}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("test"),
+        F.expr(f"percentile_disc({1 - test_fraction - valid_fraction}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias(
+            "valid"
+        ),
+    ).first()
+    assert cuts is not None
+    split = (
+        F.when(F.col(TIMESTAMP) >= cuts["test"], F.lit("test"))
+        .when(F.col(TIMESTAMP) >= cuts["valid"], F.lit("valid"))
+        .otherwise(F.lit("train"))
+    )
+    return events.withColumn(SPLIT, split)
+
+
+def assign_splits(events: DataFrame, cfg: SplitConfig) -> DataFrame:
+    if cfg.method == "leave_one_out":
+        return split_leave_one_out(events, cfg.min_user_events)
+    if cfg.method == "temporal":
+        return split_temporal(events, cfg.valid_fraction, cfg.test_fraction)
+    raise ConfigError(f"features.split.method={cfg.method!r} is unknown; choose leave_one_out or temporal.")

@@ -1,0 +1,46 @@
+"""``recsys bench <name>``: benchmarks print a table and save JSON; speed is reported as a ratio against a
+reference engine measured in the same run, because absolute seconds on shared machines mean little."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from recsys.console import console, print_table
+from recsys.errors import ConfigError
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def save_results(out_dir: str | Path, name: str, results: Mapping[str, Any]) -> Path:
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"{name}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **results}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
+    if name != "features":
+        raise ConfigError(f"unknown benchmark {name!r}; available: features.")
+    from features.bench import run_features_bench
+
+    results = run_features_bench(cfg)
+    rows = [(r["engine"], r["step"], f"{r['seconds']:.1f}", r.get("ratio", "")) for r in results["timings"]]
+    print_table(f"bench {name}", ["engine", "step", "seconds", "ratio vs duckdb"], rows)
+    if "outputs_identical" in results:
+        same = ", ".join(f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items())
+        console.print(f"outputs of both engines: {same}")
+    path = save_results(cfg["bench"][name]["out_dir"], name, results)
+    console.print(f"results: {path}")
+    return path

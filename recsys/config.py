@@ -1,0 +1,65 @@
+"""Finds the shipped `conf/` tree and composes it with the user's ``key=value`` overrides.
+
+The CLI, the pipelines and the tests all resolve configuration through :func:`compose`, so a run from the
+command line and a run from a test see exactly the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from recsys.errors import ConfigError
+
+CONF_ENV = "RECSYS_CONF_DIR"
+
+
+def conf_dir() -> Path:
+    """The config tree: ``$RECSYS_CONF_DIR`` when set, else the copy installed as the ``recsys.conf`` package."""
+    override = os.environ.get(CONF_ENV)
+    if override:
+        return Path(override).resolve()
+    return Path(str(resources.files("recsys.conf"))).resolve()
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose the root config with Hydra overrides and check that every mandatory value is set."""
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"config value(s) {', '.join(missing)} must be set, e.g. `recsys features {missing[0]}=...`."
+        )
+    return cfg
+
+
+def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key in cfg:
+        name = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(name)
+            continue
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            out.extend(_missing_keys(value, prefix=f"{name}."))
+    return out
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved config as plain Python containers (for hashing, logging and dataclass construction)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items()}

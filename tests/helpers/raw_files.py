@@ -1,0 +1,112 @@
+"""Small fixture files in each real raw format, written by tests (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+# (user, item, rating, timestamp) rows shared by the format fixtures.
+RATINGS: list[tuple[str, str, float, int]] = [
+    ("1", "10", 5.0, 100),
+    ("1", "11", 3.0, 200),
+    ("1", "12", 4.0, 300),
+    ("2", "10", 2.0, 150),
+    ("2", "12", 4.5, 250),
+    ("2", "13", 1.0, 350),
+    ("3", "11", 4.0, 400),
+]
+MOVIES: list[tuple[str, str, list[str]]] = [
+    ("10", "Toy Story (1995)", ["Animation", "Comedy"]),
+    ("11", "Heat (1995)", ["Action", "Crime"]),
+    ("12", "American President, The (1995)", ["Comedy", "Romance"]),
+    # item 13 has ratings but no metadata row on purpose
+]
+GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+               "War", "Western"]
+
+
+def write_lines(path: Path, lines: Sequence[str], encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def atomic(folder: Path, stem: str = "ml-test", extra_inter: Sequence[str] = ()) -> Path:
+    write_lines(
+        folder / f"{stem}.inter",
+        ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+        + [f"{u}\t{i}\t{r:g}\t{t}" for u, i, r, t in RATINGS]
+        + list(extra_inter),
+    )
+    write_lines(
+        folder / f"{stem}.item",
+        ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+        + [f"{i}\t{title.rsplit(' (', 1)[0]}\t1995\t{' '.join(g)}" for i, title, g in MOVIES],
+    )
+    write_lines(
+        folder / f"{stem}.user",
+        ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
+         "1\t24\tM\ttechnician\t85711", "2\t53\tF\tother\t94043", "3\t23\tM\twriter\t32067"],
+    )
+    return folder
+
+
+def movielens_100k_raw(folder: Path) -> Path:
+    write_lines(folder / "u.data", [f"{u}\t{i}\t{int(r)}\t{t}" for u, i, r, t in RATINGS if r == int(r)])
+    items = []
+    for i, title, genres in MOVIES:
+        flags = "|".join("1" if g in genres else "0" for g in GENRES_100K)
+        items.append(f"{i}|{title}|01-Jan-1995||http://example.invalid/{i}|{flags}")
+    items.append(f"99|Café Society (1995)|01-Jan-1995||http://example.invalid/99|{'|'.join(['0'] * 19)}")
+    write_lines(folder / "u.item", items, encoding="latin-1")
+    write_lines(folder / "u.user", ["1|24|M|technician|85711", "2|53|F|other|94043", "3|23|M|writer|32067"])
+    return folder
+
+
+def movielens_dat(folder: Path) -> Path:
+    write_lines(folder / "ratings.dat", [f"{u}::{i}::{r:g}::{t}" for u, i, r, t in RATINGS])
+    write_lines(folder / "movies.dat", [f"{i}::{title}::{'|'.join(g)}" for i, title, g in MOVIES], encoding="latin-1")
+    write_lines(folder / "users.dat", ["1::M::25::12::85711", "2::F::50::1::94043", "3::M::18::20::32067"])
+    return folder
+
+
+def movielens_csv(folder: Path) -> Path:
+    write_lines(folder / "ratings.csv", ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in RATINGS])
+    rows = ["movieId,title,genres"]
+    for i, title, genres in MOVIES:
+        quoted = f'"{title}"' if "," in title else title
+        rows.append(f"{i},{quoted},{'|'.join(genres)}")
+    rows.append('14,"Ghost ""Story"" (2000)",(no genres listed)')
+    write_lines(folder / "movies.csv", rows)
+    return folder
+
+
+def amazon2023(folder: Path, category: str = "All_Beauty") -> Path:
+    reviews = [
+        {"rating": r, "title": "t", "text": "x", "images": [], "asin": f"A{i}", "parent_asin": f"P{i}",
+         "user_id": f"U{u}", "timestamp": t * 1000, "helpful_vote": 0, "verified_purchase": True}
+        for u, i, r, t in RATINGS
+    ]
+    write_lines(folder / f"{category}.jsonl", [json.dumps(r) for r in reviews])
+    meta = [
+        {"main_category": "Beauty", "title": title, "average_rating": 4.0, "rating_number": 3,
+         "features": ["soft"], "description": [f"About {title}"], "price": None,
+         "images": [{"large": f"https://example.invalid/{i}.jpg"}], "videos": [], "store": "S",
+         "categories": genres, "details": {}, "parent_asin": f"P{i}", "bought_together": None}
+        for i, title, genres in MOVIES
+    ]
+    meta[1]["categories"] = []  # falls back to main_category
+    write_lines(folder / f"meta_{category}.jsonl", [json.dumps(m) for m in meta])
+    return folder
+
+
+def criteo(folder: Path) -> Path:
+    rows = []
+    for n in range(6):
+        dense = [str(n + k) if (n + k) % 4 else "" for k in range(13)]
+        sparse = [f"{(n * 7 + k) % 3:08x}" if k % 5 else "" for k in range(26)]
+        rows.append("\t".join([str(n % 2), *dense, *sparse]))
+    write_lines(folder / "train.txt", rows)
+    return folder
