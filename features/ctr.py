@@ -45,7 +45,7 @@ def label_events(events: DataFrame, threshold: float) -> DataFrame:
     from_rating = F.when(F.col(RATING).isNotNull(), (F.col(RATING) >= threshold).cast("int"))
     label = F.coalesce(F.col(LABEL), from_rating, F.lit(1)).cast("int")
     implicit = F.col(LABEL).isNull() & F.col(RATING).isNull()
-    return events.withColumn(LABEL, label).withColumn("implicit", implicit)
+    return events.withColumn("implicit", implicit).withColumn(LABEL, label)
 
 
 def with_recent_items(events: DataFrame, size: int) -> DataFrame:

@@ -4,8 +4,9 @@
   before to valid, the rest to train. The raw ``item_id`` breaks ties on equal timestamps, so the result does
   not depend on file order or on vocabulary indices. Users with fewer than ``min_user_events`` events stay
   entirely in train.
-* ``temporal``: one global cut. Events at or after the ``1 - test_fraction`` time quantile go to test, those
-  at or after the ``1 - test_fraction - valid_fraction`` quantile to valid (exact ``percentile_disc``).
+* ``temporal``: one global cut. Events strictly after the ``1 - test_fraction`` time quantile go to test,
+  those strictly after the ``1 - test_fraction - valid_fraction`` quantile to valid (exact
+  ``percentile_disc``); events tied with a cut stay on its earlier side, so no second is split in two.
 """
 
 from __future__ import annotations
@@ -49,16 +50,16 @@ def split_temporal(events: DataFrame, valid_fraction: float, test_fraction: floa
             f"features.split fractions must satisfy 0 <= valid, 0 < test, valid + test < 1; "
             f"got valid={valid_fraction}, test={test_fraction}."
         )
+    # Rounded so 1 - 0.2 - 0.2 asks for the 0.6 quantile, not 0.6000000000000001.
+    test_q, valid_q = round(1 - test_fraction, 12), round(1 - test_fraction - valid_fraction, 12)
     cuts = events.agg(
-        F.expr(f"percentile_disc({1 - test_fraction}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("test"),
-        F.expr(f"percentile_disc({1 - test_fraction - valid_fraction}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias(
-            "valid"
-        ),
+        F.expr(f"percentile_disc({test_q}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("test"),
+        F.expr(f"percentile_disc({valid_q}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("valid"),
     ).first()
     assert cuts is not None
     split = (
-        F.when(F.col(TIMESTAMP) >= cuts["test"], F.lit("test"))
-        .when(F.col(TIMESTAMP) >= cuts["valid"], F.lit("valid"))
+        F.when(F.col(TIMESTAMP) > cuts["test"], F.lit("test"))
+        .when(F.col(TIMESTAMP) > cuts["valid"], F.lit("valid"))
         .otherwise(F.lit("train"))
     )
     return events.withColumn(SPLIT, split)
