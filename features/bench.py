@@ -38,7 +38,9 @@ def spark_job(spark: Any, source: Path, out: Path, max_length: int) -> None:
         tokens = events.select(spec.token, events[TIMESTAMP].alias(FIRST_SEEN))
         vocabs[spec.name] = extend_vocabulary(tokens, spec, None)
     encoded = encode(encode(events, vocabs[USER_VOCAB.name], USER_VOCAB), vocabs[ITEM_VOCAB.name], ITEM_VOCAB)
-    encoded.select(USER_IDX, ITEM_IDX, ITEM_ID, TIMESTAMP).write.mode("overwrite").parquet(str(out / "encoded"))
+    encoded.select(USER_IDX, ITEM_IDX, ITEM_ID, TIMESTAMP).write.mode("overwrite").parquet(
+        str(out / "encoded")
+    )
     split = split_leave_one_out(read_parquet(spark, out / "encoded"), _MIN_USER_EVENTS)
     build_sequences(split, max_length).write.mode("overwrite").parquet(str(out / "sequences"))
     item_popularity(split).write.mode("overwrite").parquet(str(out / "popularity"))
@@ -58,7 +60,7 @@ def duckdb_job(source: Path, out: Path, max_length: int) -> None:
         )
     con.execute(
         "CREATE TEMP TABLE per_user AS SELECT user_idx, "
-        "list(item_idx ORDER BY timestamp, item_id) AS items, list(timestamp ORDER BY timestamp, item_id) AS ts "
+        "list(item_idx ORDER BY timestamp, item_id) AS items "
         "FROM ev JOIN v_user_id USING (user_id) JOIN v_item_id USING (item_id) GROUP BY user_idx"
     )
     # Leave-one-out: users with >= 3 events have their last event in test and the one before in valid.
@@ -82,7 +84,8 @@ def duckdb_job(source: Path, out: Path, max_length: int) -> None:
           WITH x AS (
             SELECT user_idx, unnest(CASE WHEN len(items) >= {_MIN_USER_EVENTS} THEN items[1:len(items) - 2]
                                          ELSE items END) AS item_idx FROM per_user)
-          SELECT item_idx, count(*) AS interactions, count(DISTINCT user_idx) AS users FROM x GROUP BY item_idx
+          SELECT item_idx, count(*) AS interactions, count(DISTINCT user_idx) AS users
+          FROM x GROUP BY item_idx
         ) TO '{out}/popularity.parquet' (FORMAT parquet)
         """
     )
@@ -137,8 +140,17 @@ def run_features_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "params": {**spec.__dict__, "max_length": max_length, "spark_master": cfg["spark"]["master"]},
         "outputs_identical": match,
         "timings": [
-            {"engine": "spark", "step": "vocab+split+sequences+popularity", "seconds": spark_seconds,
-             "ratio": round(spark_seconds / duck_seconds, 2)},
-            {"engine": "duckdb", "step": "vocab+split+sequences+popularity", "seconds": duck_seconds, "ratio": 1.0},
+            {
+                "engine": "spark",
+                "step": "vocab+split+sequences+popularity",
+                "seconds": spark_seconds,
+                "ratio": round(spark_seconds / duck_seconds, 2),
+            },
+            {
+                "engine": "duckdb",
+                "step": "vocab+split+sequences+popularity",
+                "seconds": duck_seconds,
+                "ratio": 1.0,
+            },
         ],
     }

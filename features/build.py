@@ -109,13 +109,17 @@ def _previous(spark: SparkSession, previous: Path | None, spec: VocabSpec) -> Da
     return read_parquet(spark, previous / spec.name)
 
 
-def _vocab(write: _Writer, tokens: DataFrame, spec: VocabSpec, previous: Path | None) -> tuple[DataFrame, int]:
+def _vocab(
+    write: _Writer, tokens: DataFrame, spec: VocabSpec, previous: Path | None
+) -> tuple[DataFrame, int]:
     prior = _previous(write.spark, previous, spec)
     vocab = extend_vocabulary(tokens, spec, prior).orderBy(spec.index).coalesce(1)
     known = 0 if prior is None else prior.count()
     written = write(spec.name, vocab, counts={"known_tokens": known})
     size = vocabulary_size(written, spec)
-    write.add_counts(spec.name, {"num_embeddings": size, "new_tokens": write.manifests[spec.name].row_count - known})
+    write.add_counts(
+        spec.name, {"num_embeddings": size, "new_tokens": write.manifests[spec.name].row_count - known}
+    )
     return written, size
 
 
@@ -128,7 +132,9 @@ def run_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stag
     require_columns(ingest / "interactions", inter_manifest, _REQUIRED_INTERACTION_COLUMNS)
     items = read_output(spark, ingest / "items")[0] if (ingest / "items").is_dir() else None
     users = read_output(spark, ingest / "users")[0] if (ingest / "users").is_dir() else None
-    attributes = [a for a in fcfg["vocab"]["user_attributes"] or [] if users is not None and a in users.columns]
+    attributes = [
+        a for a in fcfg["vocab"]["user_attributes"] or [] if users is not None and a in users.columns
+    ]
     missing = set(fcfg["vocab"]["user_attributes"] or []) - set(attributes)
     if missing and users is not None:
         raise ConfigError(
@@ -144,14 +150,20 @@ def run_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stag
         write = _Writer(spark, staging, digest, fingerprint)
         first = interactions.select(USER_ID, F.col(TIMESTAMP).alias(FIRST_SEEN))
         if users is not None:
-            first = first.unionByName(users.select(USER_ID, F.lit(_NEVER_SEEN).cast("long").alias(FIRST_SEEN)))
+            first = first.unionByName(
+                users.select(USER_ID, F.lit(_NEVER_SEEN).cast("long").alias(FIRST_SEEN))
+            )
         user_vocab, num_users = _vocab(write, first, USER_VOCAB, previous)
         first = interactions.select(ITEM_ID, F.col(TIMESTAMP).alias(FIRST_SEEN))
         if items is not None:
-            first = first.unionByName(items.select(ITEM_ID, F.lit(_NEVER_SEEN).cast("long").alias(FIRST_SEEN)))
+            first = first.unionByName(
+                items.select(ITEM_ID, F.lit(_NEVER_SEEN).cast("long").alias(FIRST_SEEN))
+            )
         item_vocab, num_items = _vocab(write, first, ITEM_VOCAB, previous)
         category_tokens = (
-            items.select(F.explode(CATEGORIES).alias(CATEGORY_VOCAB.token), F.lit(0).cast("long").alias(FIRST_SEEN))
+            items.select(
+                F.explode(CATEGORIES).alias(CATEGORY_VOCAB.token), F.lit(0).cast("long").alias(FIRST_SEEN)
+            )
             if items is not None
             else spark.createDataFrame([], f"{CATEGORY_VOCAB.token} string, {FIRST_SEEN} long")
         )
@@ -175,11 +187,18 @@ def run_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stag
             USER_IDX, ITEM_IDX, USER_ID, ITEM_ID, TIMESTAMP, RATING, LABEL, "event_type", SPLIT
         )
         split = write("split", split, counts=sizes, partition_by=[SPLIT], distinct=[USER_IDX, ITEM_IDX])
-        split_counts = {r[SPLIT]: int(r["n"]) for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()}
+        split_counts = {
+            r[SPLIT]: int(r["n"]) for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()
+        }
         write.add_counts("split", {f"rows_{s}": split_counts.get(s, 0) for s in SPLITS})
 
         sequences = build_sequences(split, int(fcfg["sequences"]["max_length"]))
-        write("sequences", sequences, counts={**sizes, "max_length": int(fcfg["sequences"]["max_length"])}, distinct=[USER_IDX])
+        write(
+            "sequences",
+            sequences,
+            counts={**sizes, "max_length": int(fcfg["sequences"]["max_length"])},
+            distinct=[USER_IDX],
+        )
         write("popularity", item_popularity(split), counts=sizes)
 
         content = build_content(item_vocab, items, str(fcfg["content"]["separator"]))
@@ -198,9 +217,18 @@ def run_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stag
         if encoded_users is not None:
             encoded_users = write("users", encoded_users, counts=sizes)
             ctr = ctr.join(encoded_users.drop(USER_ID), on=USER_IDX, how="left")
-        attr_sizes = {f"num_{a}": write.manifests[s.name].counts["num_embeddings"] for a, (s, _) in attribute_vocabs.items()}
+        attr_sizes = {
+            f"num_{a}": write.manifests[s.name].counts["num_embeddings"]
+            for a, (s, _) in attribute_vocabs.items()
+        }
         write("ctr", ctr, counts={**sizes, **attr_sizes}, partition_by=[SPLIT])
-        labels = {int(r[LABEL]): int(r["n"]) for r in read_parquet(spark, staging / "ctr").groupBy(LABEL).agg(F.count(F.lit(1)).alias("n")).collect()}
+        labels = {
+            int(r[LABEL]): int(r["n"])
+            for r in read_parquet(spark, staging / "ctr")
+            .groupBy(LABEL)
+            .agg(F.count(F.lit(1)).alias("n"))
+            .collect()
+        }
         write.add_counts("ctr", {"positives": labels.get(1, 0), "negatives": labels.get(0, 0)})
     return FeaturesResult(stage, write.manifests, previous)
 
@@ -216,7 +244,9 @@ def _encoded_users(
     return out.select(USER_IDX, USER_ID, *[spec.index for spec, _ in vocabs.values()])
 
 
-def run_criteo_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stage: Path) -> FeaturesResult:
+def run_criteo_features(
+    spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stage: Path
+) -> FeaturesResult:
     """Criteo: one vocabulary per categorical column, and the events with every categorical encoded."""
     events, _ = read_output(spark, ingest / "ctr_events")
     sparse = [c for c in events.columns if c.startswith(CRITEO_SPARSE_PREFIX)]
@@ -228,7 +258,9 @@ def run_criteo_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Pat
         sizes: dict[str, int] = {}
         for column in sparse:
             spec = VocabSpec(f"vocab_{column}", column, f"{column}_idx")
-            vocab, sizes[f"num_{column}"] = _vocab(write, events.select(column, F.lit(0).cast("long").alias(FIRST_SEEN)), spec, previous)
+            vocab, sizes[f"num_{column}"] = _vocab(
+                write, events.select(column, F.lit(0).cast("long").alias(FIRST_SEEN)), spec, previous
+            )
             encoded = encode(encoded, vocab, spec).drop(column)
         write("ctr", encoded, counts=sizes)
     return FeaturesResult(stage, write.manifests, previous)

@@ -7,7 +7,7 @@ index has a (possibly empty) content entry.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys.schema import CATEGORIES, IMAGE_PATH, ITEM_ID, ITEM_IDX, TEXT, TITLE
@@ -16,7 +16,7 @@ CATEGORY_IDX = "category_idx"
 HAS_METADATA = "has_metadata"
 
 
-def assemble_text(separator: str) -> F.Column:
+def assemble_text(separator: str) -> Column:
     categories = F.when(
         F.size(F.col(CATEGORIES)) > 0, F.concat(F.lit("Categories: "), F.array_join(F.col(CATEGORIES), ", "))
     )
@@ -29,7 +29,9 @@ def build_content(item_vocab: DataFrame, items: DataFrame | None, separator: str
     """``item_idx, item_id, title, text, categories, image_path, has_metadata`` for every vocabulary item."""
     if items is None:
         items = item_vocab.sparkSession.createDataFrame(
-            [], f"{ITEM_ID} string, {TITLE} string, {TEXT} string, {CATEGORIES} array<string>, {IMAGE_PATH} string"
+            [],
+            f"{ITEM_ID} string, {TITLE} string, {TEXT} string, "
+            f"{CATEGORIES} array<string>, {IMAGE_PATH} string",
         )
     meta = items.select(ITEM_ID, TITLE, TEXT, CATEGORIES, IMAGE_PATH).withColumn(HAS_METADATA, F.lit(True))
     joined = item_vocab.join(meta, on=ITEM_ID, how="left")

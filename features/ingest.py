@@ -127,7 +127,10 @@ def run_ingest(spark: SparkSession, cfg: dict[str, Any], stage: Path) -> IngestR
             assert quarantine is not None
             counts = {f"{r.table}/{p.rule}/{p.column}": p.count for r in reports for p in r.problems}
             manifests[QUARANTINE] = write_output(
-                quarantine.coalesce(1), staging / QUARANTINE, config_hash=digest, source_fingerprint=fingerprint,
+                quarantine.coalesce(1),
+                staging / QUARANTINE,
+                config_hash=digest,
+                source_fingerprint=fingerprint,
                 counts=counts,
             )
         return IngestResult(stage, reports, manifests)

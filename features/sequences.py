@@ -26,11 +26,18 @@ def build_sequences(events: DataFrame, max_length: int) -> DataFrame:
     Returns columns ``user_idx, split, history_item_idx [L], history_timestamp [L], length,
     target_item_idx, target_timestamp`` (targets null on train rows).
     """
-    event = F.struct(F.col(TIMESTAMP).alias("t"), F.col(ITEM_ID).alias("k"), F.col(ITEM_IDX).alias("i"), F.col(SPLIT).alias("s"))
+    event = F.struct(
+        F.col(TIMESTAMP).alias("t"),
+        F.col(ITEM_ID).alias("k"),
+        F.col(ITEM_IDX).alias("i"),
+        F.col(SPLIT).alias("s"),
+    )
     per_user = events.groupBy(USER_IDX).agg(F.array_sort(F.collect_list(event)).alias("events"))
 
     train_events = F.filter(F.col("events"), lambda e: e["s"] == "train")
-    last_train = F.slice(train_events, F.greatest(F.lit(1), F.size(train_events) - max_length + 1), max_length)
+    last_train = F.slice(
+        train_events, F.greatest(F.lit(1), F.size(train_events) - max_length + 1), max_length
+    )
     train = per_user.where(F.size(train_events) > 0).select(
         USER_IDX,
         F.lit("train").alias(SPLIT),

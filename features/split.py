@@ -45,7 +45,7 @@ def split_leave_one_out(events: DataFrame, min_user_events: int) -> DataFrame:
 
 
 def split_temporal(events: DataFrame, valid_fraction: float, test_fraction: float) -> DataFrame:
-    if not (0 <= valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
+    if not (valid_fraction >= 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
         raise ConfigError(
             f"features.split fractions must satisfy 0 <= valid, 0 < test, valid + test < 1; "
             f"got valid={valid_fraction}, test={test_fraction}."

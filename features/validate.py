@@ -35,7 +35,9 @@ class ValidationRules:
 
     def __post_init__(self) -> None:
         if self.timestamp_unit not in _UNIT_DIVISOR:
-            raise ValueError(f"timestamp_unit must be one of {sorted(_UNIT_DIVISOR)}, got {self.timestamp_unit!r}")
+            raise ValueError(
+                f"timestamp_unit must be one of {sorted(_UNIT_DIVISOR)}, got {self.timestamp_unit!r}"
+            )
 
 
 def _blank(column: str) -> Column:
@@ -43,7 +45,9 @@ def _blank(column: str) -> Column:
 
 
 def _failure(rule: str, column: str, message: Column) -> Column:
-    return F.struct(F.lit(rule).alias(RULE), F.lit(column).alias(COLUMN), message.cast("string").alias(REASON))
+    return F.struct(
+        F.lit(rule).alias(RULE), F.lit(column).alias(COLUMN), message.cast("string").alias(REASON)
+    )
 
 
 def _typed(column: str, kind: str, rules: ValidationRules) -> Column:
@@ -59,7 +63,9 @@ def _typed(column: str, kind: str, rules: ValidationRules) -> Column:
         return F.floor(raw.try_cast("double") / _UNIT_DIVISOR[rules.timestamp_unit]).cast("long")
     if kind == "long":
         return raw.try_cast("long")
-    return F.coalesce(F.col(column), F.array().cast(f"array<{'string' if kind == 'string_list' else 'double'}>"))
+    return F.coalesce(
+        F.col(column), F.array().cast(f"array<{'string' if kind == 'string_list' else 'double'}>")
+    )
 
 
 def _range_checks(schema: TableSchema, rules: ValidationRules) -> list[tuple[str, Column, str]]:
@@ -67,10 +73,14 @@ def _range_checks(schema: TableSchema, rules: ValidationRules) -> list[tuple[str
     names = set(schema.names)
     if RATING in names and rules.rating_min is not None and rules.rating_max is not None:
         value = F.col(f"_t_{RATING}")
-        outside = value.isNotNull() & (value.isNaN() | (value < rules.rating_min) | (value > rules.rating_max))
+        outside = value.isNotNull() & (
+            value.isNaN() | (value < rules.rating_min) | (value > rules.rating_max)
+        )
         checks.append((RATING, outside, f"rating outside [{rules.rating_min}, {rules.rating_max}]"))
     if LABEL in names:
-        checks.append((LABEL, F.col(f"_t_{LABEL}").isNotNull() & ~F.col(f"_t_{LABEL}").isin(0, 1), "label not 0 or 1"))
+        checks.append(
+            (LABEL, F.col(f"_t_{LABEL}").isNotNull() & ~F.col(f"_t_{LABEL}").isin(0, 1), "label not 0 or 1")
+        )
     if TIMESTAMP in names:
         checks.append((TIMESTAMP, F.col(f"_t_{TIMESTAMP}") < 0, "negative timestamp"))
     return checks
@@ -92,7 +102,9 @@ def flag_rows(raw: RawTable, rules: ValidationRules) -> DataFrame:
         if column.type.endswith("_list"):
             continue
         bad_type = ~_blank(column.name) & F.col(f"_t_{column.name}").isNull()
-        message = F.concat(F.lit(f"{column.name} is not a {column.type}: "), F.col(column.name).cast("string"))
+        message = F.concat(
+            F.lit(f"{column.name} is not a {column.type}: "), F.col(column.name).cast("string")
+        )
         failures.append(F.when(bad_type, _failure("type", column.name, message)))
     for name, condition, text in _range_checks(schema, rules):
         message = F.concat(F.lit(f"{text}: "), F.col(name).cast("string"))

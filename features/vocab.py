@@ -48,7 +48,11 @@ def extend_vocabulary(tokens: DataFrame, spec: VocabSpec, previous: DataFrame | 
     Returns:
         ``(spec.token, spec.index)`` holding every previous row unchanged plus the new tokens.
     """
-    firsts = tokens.where(F.col(spec.token).isNotNull()).groupBy(spec.token).agg(F.min(FIRST_SEEN).alias(FIRST_SEEN))
+    firsts = (
+        tokens.where(F.col(spec.token).isNotNull())
+        .groupBy(spec.token)
+        .agg(F.min(FIRST_SEEN).alias(FIRST_SEEN))
+    )
     spark = tokens.sparkSession
     if previous is None:
         previous = spark.createDataFrame([], f"{spec.token} string, {spec.index} long")
@@ -78,4 +82,3 @@ def vocabulary_size(vocab: DataFrame, spec: VocabSpec) -> int:
     """Rows an embedding table needs: largest index + 1 (so padding and OOV are included)."""
     row = vocab.agg(F.max(spec.index).alias("m")).first()
     return FIRST_INDEX if row is None or row["m"] is None else int(row["m"]) + 1
-

@@ -39,7 +39,9 @@ def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
     rows = [(r["engine"], r["step"], f"{r['seconds']:.1f}", r.get("ratio", "")) for r in results["timings"]]
     print_table(f"bench {name}", ["engine", "step", "seconds", "ratio vs duckdb"], rows)
     if "outputs_identical" in results:
-        same = ", ".join(f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items())
+        same = ", ".join(
+            f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items()
+        )
         console.print(f"outputs of both engines: {same}")
     path = save_results(cfg["bench"][name]["out_dir"], name, results)
     console.print(f"results: {path}")

@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Batch recommender pipelines. Settings are Hydra overrides: key=value (see conf/).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    features = commands.add_parser("features", help="ingest + validate data, build vocabularies/splits/features")
-    features.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=movielens_100k paths.root=runs")
+    features = commands.add_parser(
+        "features", help="ingest + validate data, build vocabularies/splits/features"
+    )
+    features.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. data=movielens_100k paths.root=runs"
+    )
     features.set_defaults(handler=_features)
     bench = commands.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
     bench.add_argument("name", choices=["features"])

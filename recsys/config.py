@@ -23,7 +23,7 @@ CONF_ENV = "RECSYS_CONF_DIR"
 
 
 def conf_dir() -> Path:
-    """The config tree: ``$RECSYS_CONF_DIR`` when set, else the copy installed as the ``recsys.conf`` package."""
+    """The config tree: ``$RECSYS_CONF_DIR`` when set, else the copy installed as package ``recsys.conf``."""
     override = os.environ.get(CONF_ENV)
     if override:
         return Path(override).resolve()
@@ -48,7 +48,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     out: list[str] = []
     for key in cfg:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         if OmegaConf.is_missing(cfg, key):
             out.append(name)
             continue

@@ -64,7 +64,9 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise ManifestError(f"{path}: manifest missing; the stage that writes {folder.name!r} has not finished.")
+        raise ManifestError(
+            f"{path}: manifest missing; the stage that writes {folder.name!r} has not finished."
+        )
     try:
         data = json.loads(path.read_text())
         return Manifest(**data)

@@ -25,5 +25,7 @@ def earlier_runs(root: str | Path, date: str) -> list[Path]:
     base = Path(root)
     if not base.is_dir():
         return []
-    dates = sorted((p for p in base.iterdir() if p.is_dir() and _DATE.match(p.name) and p.name < date), reverse=True)
+    dates = sorted(
+        (p for p in base.iterdir() if p.is_dir() and _DATE.match(p.name) and p.name < date), reverse=True
+    )
     return dates

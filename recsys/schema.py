@@ -93,7 +93,9 @@ class TableSchema:
         )
 
     def to_arrow(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, _ARROW_TYPES[c.type], nullable=not c.required) for c in self.columns])
+        return pa.schema(
+            [pa.field(c.name, _ARROW_TYPES[c.type], nullable=not c.required) for c in self.columns]
+        )
 
 
 INTERACTIONS = TableSchema(

@@ -24,7 +24,9 @@ def read_arrow(folder: Path, columns: list[str] | None = None) -> pa.Table:
     manifest = read_manifest(folder)
     files = parquet_files(folder)
     if not files and manifest.row_count:
-        raise ManifestError(f"{folder}: manifest says {manifest.row_count} rows but there are no Parquet files.")
+        raise ManifestError(
+            f"{folder}: manifest says {manifest.row_count} rows but there are no Parquet files."
+        )
     if not files:
         return pa.table({})
     dataset = ds.dataset(

@@ -47,7 +47,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path, spark: SparkSession) -> Any:
-    """``make_cfg("data=...", ...)`` -> plain config rooted in this test's tmp_path (Spark already started)."""
+    """``make_cfg("data=...", ...)`` -> config rooted in this test's tmp_path (Spark started)."""
 
     def _make(*overrides: str, root: Path | None = None) -> dict[str, Any]:
         return to_plain(compose([*spark_overrides(root or tmp_path / "runs"), *overrides]))

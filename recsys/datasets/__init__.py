@@ -46,7 +46,9 @@ def read_dataset(spark: SparkSession, cfg: DataConfig, root: Path, seed: int) ->
         return parquet_files.read_folder(spark, synthetic.write(spec, folder))
     adapter = ADAPTERS.get(cfg.format)
     if adapter is None:
-        raise ConfigError(f"data.format={cfg.format!r} is unknown; choose one of {sorted([*ADAPTERS, 'synthetic'])}.")
+        raise ConfigError(
+            f"data.format={cfg.format!r} is unknown; choose one of {sorted([*ADAPTERS, 'synthetic'])}."
+        )
     return adapter(spark, cfg)
 
 

@@ -40,7 +40,10 @@ _CORRUPT = "_corrupt_record"
 _STR = T.StringType()
 _STRS = T.ArrayType(T.StringType())
 _REVIEW = T.StructType(
-    [T.StructField(n, _STR) for n in ("user_id", "asin", "parent_asin", "rating", "timestamp", "title", "text")]
+    [
+        T.StructField(n, _STR)
+        for n in ("user_id", "asin", "parent_asin", "rating", "timestamp", "title", "text")
+    ]
     + [T.StructField(_CORRUPT, _STR)]
 )
 _META = T.StructType(
@@ -74,15 +77,21 @@ def read(spark: SparkSession, cfg: DataConfig) -> RawDataset:
         F.col("_j.rating").alias(RATING),
         F.col("_j.timestamp").alias(TIMESTAMP),
     )
-    tables = {"interactions": RawTable(INTERACTIONS, with_missing(interactions, INTERACTIONS), (reviews_path,))}
+    tables = {
+        "interactions": RawTable(INTERACTIONS, with_missing(interactions, INTERACTIONS), (reviews_path,))
+    }
 
     meta_path = folder / f"meta_{category}.jsonl"
     if meta_path.exists():
         require_file(meta_path, "metadata file")
-        meta = read_lines(spark, [meta_path], cfg.encoding).withColumn("_j", F.from_json(F.col(RAW), _META, _JSON_OPTIONS))
+        meta = read_lines(spark, [meta_path], cfg.encoding).withColumn(
+            "_j", F.from_json(F.col(RAW), _META, _JSON_OPTIONS)
+        )
         listed = F.coalesce(F.col("_j.categories"), F.array().cast("array<string>"))
         main = F.when(F.col("_j.main_category").isNotNull(), F.array(F.col("_j.main_category")))
-        categories = F.when(F.size(listed) > 0, listed).otherwise(F.coalesce(main, F.array().cast("array<string>")))
+        categories = F.when(F.size(listed) > 0, listed).otherwise(
+            F.coalesce(main, F.array().cast("array<string>"))
+        )
         text = F.concat_ws(" ", _joined(F.col("_j.description")), _joined(F.col("_j.features")))
         items = meta.select(
             SOURCE_FILE,
@@ -102,7 +111,10 @@ def read(spark: SparkSession, cfg: DataConfig) -> RawDataset:
 
 def _with_images(spark: SparkSession, items: DataFrame, folder: Path) -> DataFrame:
     """Attach ``<image_dir>/<parent_asin>.<ext>`` where such a local file exists."""
-    found = [(p.stem, str(p.resolve())) for p in sorted(folder.glob("*")) if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}]
+    found = [
+        (p.stem, str(p.resolve()))
+        for p in sorted(folder.glob("*"))
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}
+    ]
     images = spark.createDataFrame(found, schema=f"{ITEM_ID} string, {IMAGE_PATH} string")
     return items.join(F.broadcast(images), on=ITEM_ID, how="left")
-

@@ -57,7 +57,8 @@ def parse_header(path: Path, encoding: str) -> list[tuple[str, str]]:
         name, sep, kind = entry.partition(":")
         if not sep or not name:
             raise InputError(
-                f"{path}: header field {entry!r} is not `name:type` (RecBole atomic header), header: {header!r}."
+                f"{path}: header field {entry!r} is not `name:type` (RecBole atomic header); "
+                f"header: {header!r}."
             )
         fields.append((name.strip(), kind.strip()))
     return fields

@@ -176,6 +176,8 @@ def with_missing(frame: DataFrame, schema: TableSchema) -> DataFrame:
     for column in schema.columns:
         if column.name in frame.columns:
             continue
-        value = F.array().cast("array<string>") if column.type.endswith("_list") else F.lit(None).cast("string")
+        value = (
+            F.array().cast("array<string>") if column.type.endswith("_list") else F.lit(None).cast("string")
+        )
         frame = frame.withColumn(column.name, value)
     return frame

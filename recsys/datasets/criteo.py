@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from recsys.datasets.base import DataConfig, RawDataset, RawTable, blank_to_null, read_lines, require_file, split_fields
+from recsys.datasets.base import (
+    DataConfig,
+    RawDataset,
+    RawTable,
+    blank_to_null,
+    read_lines,
+    require_file,
+    split_fields,
+)
 from recsys.errors import InputError
 from recsys.schema import CRITEO_DENSE_PREFIX, CRITEO_SPARSE_PREFIX, LABEL, criteo_schema
 

@@ -28,7 +28,18 @@ from recsys.datasets.base import (
     with_missing,
 )
 from recsys.errors import InputError
-from recsys.schema import CATEGORIES, INTERACTIONS, ITEM_ID, ITEMS, RATING, TEXT, TIMESTAMP, TITLE, USER_ID, USERS
+from recsys.schema import (
+    CATEGORIES,
+    INTERACTIONS,
+    ITEM_ID,
+    ITEMS,
+    RATING,
+    TEXT,
+    TIMESTAMP,
+    TITLE,
+    USER_ID,
+    USERS,
+)
 
 _USER_FIELDS_100K = (USER_ID, "age", "gender", "occupation", "zip_code")
 _USER_FIELDS_DAT = (USER_ID, "gender", "age", "occupation", "zip_code")
@@ -54,7 +65,11 @@ def read_100k(spark: SparkSession, cfg: DataConfig) -> RawDataset:
     folder = cfg.require_path()
     genres = [str(g) for g in cfg.options["genres"]]
     data = require_file(folder / "u.data", "rating file")
-    tables = {"interactions": _interactions(split_fields(read_lines(spark, [data], cfg.encoding), "\t", _RATING_FIELDS), data)}
+    tables = {
+        "interactions": _interactions(
+            split_fields(read_lines(spark, [data], cfg.encoding), "\t", _RATING_FIELDS), data
+        )
+    }
 
     item_path = folder / "u.item"
     if item_path.exists():
@@ -66,37 +81,51 @@ def read_100k(spark: SparkSession, cfg: DataConfig) -> RawDataset:
             F.array(*[F.when(F.col(f) == "1", F.lit(g)) for f, g in zip(flags, genres, strict=True)]),
             lambda g: g.isNotNull(),
         )
-        text = F.when(F.col("release_date") != "", F.concat(F.lit("Released "), F.col("release_date"))).otherwise("")
+        text = F.when(
+            F.col("release_date") != "", F.concat(F.lit("Released "), F.col("release_date"))
+        ).otherwise("")
         tables["items"] = _items(
-            items.select(SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, chosen.alias(CATEGORIES), text.alias(TEXT)),
+            items.select(
+                SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, chosen.alias(CATEGORIES), text.alias(TEXT)
+            ),
             item_path,
         )
 
     user_path = folder / "u.user"
     if user_path.exists():
         require_file(user_path, "user file")
-        tables["users"] = _users(split_fields(read_lines(spark, [user_path], cfg.encoding), r"\|", _USER_FIELDS_100K), user_path)
+        tables["users"] = _users(
+            split_fields(read_lines(spark, [user_path], cfg.encoding), r"\|", _USER_FIELDS_100K), user_path
+        )
     return RawDataset(tables)
 
 
 def read_dat(spark: SparkSession, cfg: DataConfig) -> RawDataset:
     folder = cfg.require_path()
     ratings = require_file(folder / "ratings.dat", "rating file")
-    tables = {"interactions": _interactions(split_fields(read_lines(spark, [ratings], cfg.encoding), "::", _RATING_FIELDS), ratings)}
+    tables = {
+        "interactions": _interactions(
+            split_fields(read_lines(spark, [ratings], cfg.encoding), "::", _RATING_FIELDS), ratings
+        )
+    }
 
     movies = folder / "movies.dat"
     if movies.exists():
         require_file(movies, "movie file")
         items = split_fields(read_lines(spark, [movies], cfg.encoding), "::", (ITEM_ID, TITLE, "genres"))
         tables["items"] = _items(
-            items.select(SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, tokens("genres", r"\|").alias(CATEGORIES)),
+            items.select(
+                SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, tokens("genres", r"\|").alias(CATEGORIES)
+            ),
             movies,
         )
 
     users = folder / "users.dat"
     if users.exists():
         require_file(users, "user file")
-        tables["users"] = _users(split_fields(read_lines(spark, [users], cfg.encoding), "::", _USER_FIELDS_DAT), users)
+        tables["users"] = _users(
+            split_fields(read_lines(spark, [users], cfg.encoding), "::", _USER_FIELDS_DAT), users
+        )
     return RawDataset(tables)
 
 
@@ -129,7 +158,9 @@ def read_csv(spark: SparkSession, cfg: DataConfig) -> RawDataset:
         no_genres = F.when(F.col("genres") == "(no genres listed)", F.lit("")).otherwise(F.col("genres"))
         items = items.withColumn("genres", no_genres)
         tables["items"] = _items(
-            items.select(SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, tokens("genres", r"\|").alias(CATEGORIES)),
+            items.select(
+                SOURCE_FILE, RAW, PARSE_ERROR, ITEM_ID, TITLE, tokens("genres", r"\|").alias(CATEGORIES)
+            ),
             movies,
         )
     return RawDataset(tables)

@@ -36,14 +36,20 @@ def _read_table(spark: SparkSession, location: Path, schema: TableSchema) -> tup
     frame = spark.read.parquet(*[str(f) for f in files])
     for column in schema.required:
         if column not in frame.columns:
-            raise InputError(f"{location}: required column {column!r} missing; found columns {frame.columns}.")
+            raise InputError(
+                f"{location}: required column {column!r} missing; found columns {frame.columns}."
+            )
     raw = F.to_json(F.struct(*[F.col(c) for c in frame.columns]))
     source = F.regexp_replace(F.col("_metadata.file_path"), "^file:", "")
     cast = [
-        F.col(c) if c in schema.names and schema.column(c).type.endswith("_list") else F.col(c).cast("string").alias(c)
+        F.col(c)
+        if c in schema.names and schema.column(c).type.endswith("_list")
+        else F.col(c).cast("string").alias(c)
         for c in frame.columns
     ]
-    out = frame.select(source.alias(SOURCE_FILE), raw.alias(RAW), F.lit(None).cast("string").alias(PARSE_ERROR), *cast)
+    out = frame.select(
+        source.alias(SOURCE_FILE), raw.alias(RAW), F.lit(None).cast("string").alias(PARSE_ERROR), *cast
+    )
     return out, files
 
 

@@ -85,11 +85,14 @@ def generate(spec: SyntheticSpec) -> dict[str, pa.Table]:
     item = np.where(in_taste, taste_item, item)
 
     new_session = rng.random(n_events) < 1.0 / spec.mean_session_length
-    gaps = np.where(
-        new_session,
-        rng.exponential(_SESSION_GAP_MEAN_SECONDS, n_events),
-        rng.exponential(_IN_SESSION_GAP_MEAN_SECONDS, n_events),
-    ).astype(np.int64) + 1
+    gaps = (
+        np.where(
+            new_session,
+            rng.exponential(_SESSION_GAP_MEAN_SECONDS, n_events),
+            rng.exponential(_IN_SESSION_GAP_MEAN_SECONDS, n_events),
+        ).astype(np.int64)
+        + 1
+    )
     first = np.concatenate(([0], np.cumsum(counts)[:-1]))
     cumulative = np.cumsum(gaps)
     start = rng.integers(_START, _START + _SPAN_SECONDS, size=n_users)
@@ -122,7 +125,9 @@ def generate(spec: SyntheticSpec) -> dict[str, pa.Table]:
     items = pa.table(
         {
             "item_id": _ids("i", np.arange(n_items)),
-            "title": pa.array([f"The {a} {n} {i}" for i, (a, n) in enumerate(zip(adjective, noun, strict=True))]),
+            "title": pa.array(
+                [f"The {a} {n} {i}" for i, (a, n) in enumerate(zip(adjective, noun, strict=True))]
+            ),
             "text": pa.array([f"A {a} story about a {n}." for a, n in zip(adjective, noun, strict=True)]),
             "categories": pa.array(categories, pa.list_(pa.string())),
             "image_path": pa.nulls(n_items, pa.string()),

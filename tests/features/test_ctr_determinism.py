@@ -23,11 +23,21 @@ THRESHOLD = 4.0
 
 
 def _cfg(root: Path) -> dict[str, Any]:
-    return to_plain(compose([
-        *spark_overrides(root), "data=synthetic", "data.num_users=40", "data.num_items=30", "data.num_events=900",
-        "data.rated_fraction=0.6", f"features.ctr.negatives_per_positive={NEGATIVES}",
-        f"features.ctr.recent_items={RECENT}", f"features.ctr.rating_threshold={THRESHOLD}",
-    ]))
+    return to_plain(
+        compose(
+            [
+                *spark_overrides(root),
+                "data=synthetic",
+                "data.num_users=40",
+                "data.num_items=30",
+                "data.num_events=900",
+                "data.rated_fraction=0.6",
+                f"features.ctr.negatives_per_positive={NEGATIVES}",
+                f"features.ctr.recent_items={RECENT}",
+                f"features.ctr.rating_threshold={THRESHOLD}",
+            ]
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +65,9 @@ def test_statistics_count_only_strictly_earlier_events(run: FeaturesResult) -> N
         assert ctr[f"{side}_count_before"].tolist() == expected_count
         assert ctr[f"{side}_positives_before"].tolist() == expected_pos
         with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.where(np.array(expected_count) > 0, np.array(expected_pos) / np.array(expected_count), np.nan)
+            rate = np.where(
+                np.array(expected_count) > 0, np.array(expected_pos) / np.array(expected_count), np.nan
+            )
         np.testing.assert_allclose(ctr[f"{side}_ctr_before"].astype(float).to_numpy(), rate, equal_nan=True)
 
 
@@ -69,8 +81,9 @@ def test_recent_items_happened_strictly_before(run: FeaturesResult) -> None:
             expected[(group["user_idx"].iloc[0], item, t)] = [items[q] for q in window if times[q] < t]
     ctr = read_arrow(run.stage_dir / "ctr").to_pandas()
     checked = 0
-    for user, item, t, recent in zip(ctr["user_idx"], ctr["item_idx"], ctr["timestamp"], ctr["recent_item_idx"],
-                                     strict=True):
+    for user, item, t, recent in zip(
+        ctr["user_idx"], ctr["item_idx"], ctr["timestamp"], ctr["recent_item_idx"], strict=True
+    ):
         if (user, item, t) in expected:  # a real event; negatives copy the bag of their positive
             assert list(recent) == expected[(user, item, t)]
             checked += 1
@@ -83,22 +96,33 @@ def test_recent_items_happened_strictly_before(run: FeaturesResult) -> None:
 def test_labels_and_negative_sampling(run: FeaturesResult) -> None:
     events = _events(run)
     ctr = read_arrow(run.stage_dir / "ctr").to_pandas()
-    positives = ctr.merge(events[["user_idx", "item_idx", "timestamp", "label"]], on=["user_idx", "item_idx", "timestamp"],
-                          suffixes=("", "_event"))
+    positives = ctr.merge(
+        events[["user_idx", "item_idx", "timestamp", "label"]],
+        on=["user_idx", "item_idx", "timestamp"],
+        suffixes=("", "_event"),
+    )
     assert len(positives) == len(events)
     assert (positives["label"] == positives["label_event"]).all()
-    negatives = ctr.merge(events[["user_idx", "item_idx", "timestamp"]], how="left", indicator=True,
-                          on=["user_idx", "item_idx", "timestamp"])
+    negatives = ctr.merge(
+        events[["user_idx", "item_idx", "timestamp"]],
+        how="left",
+        indicator=True,
+        on=["user_idx", "item_idx", "timestamp"],
+    )
     negatives = negatives[negatives["_merge"] == "left_only"]
     implicit = int(events["rating"].isna().sum())
     assert 0 < len(negatives) <= NEGATIVES * implicit
     assert (negatives["label"] == 0).all()
     consumed = set(zip(events["user_idx"], events["item_idx"], strict=True))
-    assert not any((u, i) in consumed for u, i in zip(negatives["user_idx"], negatives["item_idx"], strict=True))
+    assert not any(
+        (u, i) in consumed for u, i in zip(negatives["user_idx"], negatives["item_idx"], strict=True)
+    )
     assert run.manifests["ctr"].counts["negatives"] == int((ctr["label"] == 0).sum())
 
 
-def test_same_input_and_config_give_identical_rows(spark: SparkSession, run: FeaturesResult, tmp_path: Path) -> None:
+def test_same_input_and_config_give_identical_rows(
+    spark: SparkSession, run: FeaturesResult, tmp_path: Path
+) -> None:
     again = ingest_and_features(spark, _cfg(tmp_path / "again"))[1]
     assert set(again.manifests) == set(run.manifests)
     for name in run.manifests:

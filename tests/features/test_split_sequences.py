@@ -19,10 +19,18 @@ def _events(spark: SparkSession, data: list[tuple[int, int, str, int]]) -> Any:
 
 def test_leave_one_out_breaks_timestamp_ties_by_item_id(spark: SparkSession) -> None:
     # user 1: three events in the same second; item_id order decides: "a" < "b" < "c"
-    events = _events(spark, [(1, 7, "c", 10), (1, 5, "a", 10), (1, 6, "b", 10), (2, 8, "x", 1), (2, 9, "y", 2)])
+    events = _events(
+        spark, [(1, 7, "c", 10), (1, 5, "a", 10), (1, 6, "b", 10), (2, 8, "x", 1), (2, 9, "y", 2)]
+    )
     for shuffled in (events, events.orderBy("item_idx", ascending=False).repartition(3)):
         got = {(r.user_idx, r.item_id): r.split for r in split_leave_one_out(shuffled, 3).collect()}
-        assert got == {(1, "a"): "train", (1, "b"): "valid", (1, "c"): "test", (2, "x"): "train", (2, "y"): "train"}
+        assert got == {
+            (1, "a"): "train",
+            (1, "b"): "valid",
+            (1, "c"): "test",
+            (2, "x"): "train",
+            (2, "y"): "train",
+        }
 
 
 def test_temporal_split_uses_global_time_cut(spark: SparkSession) -> None:
@@ -33,8 +41,8 @@ def test_temporal_split_uses_global_time_cut(spark: SparkSession) -> None:
 
 def test_sequences_truncate_from_the_left_and_histories_precede_targets(spark: SparkSession) -> None:
     events = spark.createDataFrame(
-        [(1, 10 + t, f"i{t}", t, "train") for t in range(1, 6)] + [(1, 90, "v", 6, "valid"), (1, 91, "w", 7, "test"),
-                                                                     (2, 5, "q", 1, "train")],
+        [(1, 10 + t, f"i{t}", t, "train") for t in range(1, 6)]
+        + [(1, 90, "v", 6, "valid"), (1, 91, "w", 7, "test"), (2, 5, "q", 1, "train")],
         "user_idx long, item_idx long, item_id string, timestamp long, split string",
     )
     got = {(r.user_idx, r.split): r for r in build_sequences(events, 3).collect()}
@@ -52,12 +60,20 @@ def test_features_stage_on_fixture(spark: SparkSession, make_cfg: Any, tmp_path:
     _, features = ingest_and_features(spark, cfg)
     split = rows(features.stage_dir / "split", ["user_id", "timestamp"])
     assert [(r["user_id"], r["item_id"], r["split"]) for r in split] == [
-        ("1", "10", "train"), ("1", "11", "valid"), ("1", "12", "test"),
-        ("2", "10", "train"), ("2", "12", "valid"), ("2", "13", "test"),
+        ("1", "10", "train"),
+        ("1", "11", "valid"),
+        ("1", "12", "test"),
+        ("2", "10", "train"),
+        ("2", "12", "valid"),
+        ("2", "13", "test"),
         ("3", "11", "train"),  # one event < min_user_events: stays in train
     ]
     content = {r["item_id"]: r for r in rows(features.stage_dir / "content")}
-    assert content["13"]["has_metadata"] is False and content["13"]["text"] == "" and content["13"]["title"] == ""
+    assert (
+        content["13"]["has_metadata"] is False
+        and content["13"]["text"] == ""
+        and content["13"]["title"] == ""
+    )
     assert content["10"]["text"] == "Toy Story. Categories: Animation, Comedy. release_year: 1995"
     popularity = {r["item_idx"]: r["interactions"] for r in rows(features.stage_dir / "popularity")}
     item_idx = {r["item_id"]: r["item_idx"] for r in rows(features.stage_dir / "vocab_item")}

@@ -16,7 +16,9 @@ def _vocab(stage: Path, name: str, token: str, index: str) -> dict[str, int]:
     return {r[token]: r[index] for r in rows(stage / name)}
 
 
-def test_first_snapshot_orders_by_first_appearance(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
+def test_first_snapshot_orders_by_first_appearance(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
     folder = raw_files.atomic(tmp_path / "raw")
     cfg = make_cfg("data=recbole_atomic", f"data.path={folder}", "data.stem=ml-test", "run.date=2024-01-01")
     _, features = ingest_and_features(spark, cfg)
@@ -31,7 +33,9 @@ def test_first_snapshot_orders_by_first_appearance(spark: SparkSession, make_cfg
 def test_next_snapshot_keeps_known_ids(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     first = raw_files.atomic(tmp_path / "snap1")
-    cfg1 = make_cfg("data=recbole_atomic", f"data.path={first}", "data.stem=ml-test", "run.date=2024-01-01", root=root)
+    cfg1 = make_cfg(
+        "data=recbole_atomic", f"data.path={first}", "data.stem=ml-test", "run.date=2024-01-01", root=root
+    )
     _, f1 = ingest_and_features(spark, cfg1)
 
     # Second snapshot: user 1 and item 11 are gone, a new user "0" and item "05" appear *earlier* in time
@@ -39,10 +43,17 @@ def test_next_snapshot_keeps_known_ids(spark: SparkSession, make_cfg: Any, tmp_p
     second = tmp_path / "snap2"
     raw_files.write_lines(
         second / "ml-test.inter",
-        ["user_id:token\titem_id:token\trating:float\ttimestamp:float",
-         "0\t05\t4\t50", "2\t10\t2\t150", "3\t12\t5\t400", "2\t13\t3\t500"],
+        [
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+            "0\t05\t4\t50",
+            "2\t10\t2\t150",
+            "3\t12\t5\t400",
+            "2\t13\t3\t500",
+        ],
     )
-    cfg2 = make_cfg("data=recbole_atomic", f"data.path={second}", "data.stem=ml-test", "run.date=2024-02-01", root=root)
+    cfg2 = make_cfg(
+        "data=recbole_atomic", f"data.path={second}", "data.stem=ml-test", "run.date=2024-02-01", root=root
+    )
     _, f2 = ingest_and_features(spark, cfg2)
     assert f2.previous_vocab == f1.stage_dir
     users1 = _vocab(f1.stage_dir, "vocab_user", "user_id", "user_idx")
@@ -57,5 +68,7 @@ def test_next_snapshot_keeps_known_ids(spark: SparkSession, make_cfg: Any, tmp_p
     categories2 = _vocab(f2.stage_dir, "vocab_category", "category", "category_idx")
     assert categories2 == categories1  # snapshot 2 has no item file: categories carried over unchanged
     assert f2.manifests["vocab_user"].counts["new_tokens"] == 1
-    split = {(r["user_id"], r["item_id"]): (r["user_idx"], r["item_idx"]) for r in rows(f2.stage_dir / "split")}
+    split = {
+        (r["user_id"], r["item_id"]): (r["user_idx"], r["item_idx"]) for r in rows(f2.stage_dir / "split")
+    }
     assert split[("2", "10")] == (users1["2"], items1["10"])

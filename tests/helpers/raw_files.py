@@ -22,9 +22,27 @@ MOVIES: list[tuple[str, str, list[str]]] = [
     ("12", "American President, The (1995)", ["Comedy", "Romance"]),
     # item 13 has ratings but no metadata row on purpose
 ]
-GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-               "War", "Western"]
+GENRES_100K = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 def write_lines(path: Path, lines: Sequence[str], encoding: str = "utf-8") -> Path:
@@ -47,8 +65,12 @@ def atomic(folder: Path, stem: str = "ml-test", extra_inter: Sequence[str] = ())
     )
     write_lines(
         folder / f"{stem}.user",
-        ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
-         "1\t24\tM\ttechnician\t85711", "2\t53\tF\tother\t94043", "3\t23\tM\twriter\t32067"],
+        [
+            "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token",
+            "1\t24\tM\ttechnician\t85711",
+            "2\t53\tF\tother\t94043",
+            "3\t23\tM\twriter\t32067",
+        ],
     )
     return folder
 
@@ -67,13 +89,18 @@ def movielens_100k_raw(folder: Path) -> Path:
 
 def movielens_dat(folder: Path) -> Path:
     write_lines(folder / "ratings.dat", [f"{u}::{i}::{r:g}::{t}" for u, i, r, t in RATINGS])
-    write_lines(folder / "movies.dat", [f"{i}::{title}::{'|'.join(g)}" for i, title, g in MOVIES], encoding="latin-1")
+    write_lines(
+        folder / "movies.dat", [f"{i}::{title}::{'|'.join(g)}" for i, title, g in MOVIES], encoding="latin-1"
+    )
     write_lines(folder / "users.dat", ["1::M::25::12::85711", "2::F::50::1::94043", "3::M::18::20::32067"])
     return folder
 
 
 def movielens_csv(folder: Path) -> Path:
-    write_lines(folder / "ratings.csv", ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in RATINGS])
+    write_lines(
+        folder / "ratings.csv",
+        ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in RATINGS],
+    )
     rows = ["movieId,title,genres"]
     for i, title, genres in MOVIES:
         quoted = f'"{title}"' if "," in title else title
@@ -85,16 +112,38 @@ def movielens_csv(folder: Path) -> Path:
 
 def amazon2023(folder: Path, category: str = "All_Beauty") -> Path:
     reviews = [
-        {"rating": r, "title": "t", "text": "x", "images": [], "asin": f"A{i}", "parent_asin": f"P{i}",
-         "user_id": f"U{u}", "timestamp": t * 1000, "helpful_vote": 0, "verified_purchase": True}
+        {
+            "rating": r,
+            "title": "t",
+            "text": "x",
+            "images": [],
+            "asin": f"A{i}",
+            "parent_asin": f"P{i}",
+            "user_id": f"U{u}",
+            "timestamp": t * 1000,
+            "helpful_vote": 0,
+            "verified_purchase": True,
+        }
         for u, i, r, t in RATINGS
     ]
     write_lines(folder / f"{category}.jsonl", [json.dumps(r) for r in reviews])
     meta = [
-        {"main_category": "Beauty", "title": title, "average_rating": 4.0, "rating_number": 3,
-         "features": ["soft"], "description": [f"About {title}"], "price": None,
-         "images": [{"large": f"https://example.invalid/{i}.jpg"}], "videos": [], "store": "S",
-         "categories": genres, "details": {}, "parent_asin": f"P{i}", "bought_together": None}
+        {
+            "main_category": "Beauty",
+            "title": title,
+            "average_rating": 4.0,
+            "rating_number": 3,
+            "features": ["soft"],
+            "description": [f"About {title}"],
+            "price": None,
+            "images": [{"large": f"https://example.invalid/{i}.jpg"}],
+            "videos": [],
+            "store": "S",
+            "categories": genres,
+            "details": {},
+            "parent_asin": f"P{i}",
+            "bought_together": None,
+        }
         for i, title, genres in MOVIES
     ]
     meta[1]["categories"] = []  # falls back to main_category

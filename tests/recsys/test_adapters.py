@@ -22,8 +22,12 @@ EXPECTED_INTERACTIONS = [
 def _interactions(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
     out = rows(folder / "interactions", ["user_id", "item_id", "timestamp"])
     return [
-        {"user_id": r["user_id"].removeprefix(prefix), "item_id": r["item_id"].removeprefix(prefix),
-         "timestamp": r["timestamp"], "rating": r["rating"]}
+        {
+            "user_id": r["user_id"].removeprefix(prefix),
+            "item_id": r["item_id"].removeprefix(prefix),
+            "timestamp": r["timestamp"],
+            "rating": r["rating"],
+        }
         for r in out
     ]
 
@@ -37,7 +41,12 @@ def _interactions(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
     ],
 )
 def test_formats_give_canonical_interactions_and_items(
-    spark: SparkSession, make_cfg: Any, tmp_path: Path, writer: Callable[[Path], Path], data: str, extra: list[str]
+    spark: SparkSession,
+    make_cfg: Any,
+    tmp_path: Path,
+    writer: Callable[[Path], Path],
+    data: str,
+    extra: list[str],
 ) -> None:
     folder = writer(tmp_path / "raw")
     result = ingest(spark, make_cfg(f"data={data}", f"data.path={folder}", *extra))
@@ -49,7 +58,9 @@ def test_formats_give_canonical_interactions_and_items(
     assert result.manifests["interactions"].counts == {"distinct_user_id": 3, "distinct_item_id": 4}
 
 
-def test_movielens_csv_unquotes_titles_and_maps_no_genres(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
+def test_movielens_csv_unquotes_titles_and_maps_no_genres(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
     folder = raw_files.movielens_csv(tmp_path / "raw")
     result = ingest(spark, make_cfg("data=movielens_20m", f"data.path={folder}"))
     items = {r["item_id"]: r for r in rows(result.stage_dir / "items")}
@@ -58,7 +69,9 @@ def test_movielens_csv_unquotes_titles_and_maps_no_genres(spark: SparkSession, m
     assert items["14"]["categories"] == []
 
 
-def test_movielens_100k_raw_decodes_latin1_and_genre_flags(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
+def test_movielens_100k_raw_decodes_latin1_and_genre_flags(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
     folder = raw_files.movielens_100k_raw(tmp_path / "raw")
     result = ingest(spark, make_cfg("data=movielens_100k_raw", f"data.path={folder}"))
     integral = [r for r in EXPECTED_INTERACTIONS if float(r["rating"]).is_integer()]
@@ -69,10 +82,18 @@ def test_movielens_100k_raw_decodes_latin1_and_genre_flags(spark: SparkSession, 
     assert items["11"]["categories"] == ["Action", "Crime"]
     assert items["10"]["text"] == "Released 01-Jan-1995"
     users = {r["user_id"]: r for r in rows(result.stage_dir / "users")}
-    assert users["2"] == {"user_id": "2", "age": "53", "gender": "F", "occupation": "other", "zip_code": "94043"}
+    assert users["2"] == {
+        "user_id": "2",
+        "age": "53",
+        "gender": "F",
+        "occupation": "other",
+        "zip_code": "94043",
+    }
 
 
-def test_amazon_reviews_use_parent_asin_and_milliseconds(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
+def test_amazon_reviews_use_parent_asin_and_milliseconds(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
     folder = raw_files.amazon2023(tmp_path / "raw")
     result = ingest(spark, make_cfg("data=amazon2023", f"data.path={folder}", "data.category=All_Beauty"))
     got = rows(result.stage_dir / "interactions", ["user_id", "item_id"])

@@ -25,7 +25,14 @@ def test_sizes_keys_and_popularity_skew() -> None:
     inter = generate(SPEC)["interactions"]
     assert inter.num_rows == SPEC.num_events
     assert len(pc.unique(inter["user_id"])) == SPEC.num_users  # every user has at least one event
-    keys = set(zip(inter["user_id"].to_pylist(), inter["item_id"].to_pylist(), inter["timestamp"].to_pylist(), strict=True))
+    keys = set(
+        zip(
+            inter["user_id"].to_pylist(),
+            inter["item_id"].to_pylist(),
+            inter["timestamp"].to_pylist(),
+            strict=True,
+        )
+    )
     assert len(keys) == inter.num_rows
     counts = np.sort(np.unique(inter["item_id"].to_numpy(zero_copy_only=False), return_counts=True)[1])[::-1]
     top_decile = counts[: max(1, len(counts) // 10)].sum() / counts.sum()

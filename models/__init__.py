@@ -1,0 +1,1 @@
+"""Model families (DLRM, sequential, RecLoRA): LightningModules, DataModules and MLflow pyfuncs."""

@@ -1,0 +1,1 @@
+"""Stage graph and scheduling of the batch pipeline."""

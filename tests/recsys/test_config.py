@@ -1,0 +1,39 @@
+"""Every config file composes; mandatory values are enforced with a message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.config import compose, conf_dir, to_plain
+from recsys.errors import ConfigError
+
+GROUPS = ["data", "features", "spark"]
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "choice"), [(g, c) for g in GROUPS for c in _choices(g)])
+def test_every_group_file_composes(group: str, choice: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={choice}"]
+    if group == "data":
+        # Folder-based datasets need a path (and some a stem/category); give them one.
+        overrides += [f"++data.path={tmp_path}", "++data.stem=x", "++data.category=x"]
+    cfg = to_plain(compose(overrides))
+    assert cfg[group]
+    if group == "data":
+        assert cfg["data"]["format"]
+        assert cfg["data"]["name"] == choice
+
+
+def test_missing_path_is_reported_with_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"data\.path"):
+        compose(["data=movielens_1m"])
+
+
+def test_bad_override_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        compose(["data=does_not_exist"])
