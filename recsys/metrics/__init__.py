@@ -1,0 +1,1 @@
+"""Metric functions: pure numpy on arrays, no I/O."""

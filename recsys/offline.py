@@ -1,0 +1,237 @@
+"""Offline evaluation of history-based recommenders on a features snapshot, logged to MLflow.
+
+Protocol (full ranking over the whole catalog, seen items masked, never sampled):
+* ``valid``: the model scores each user's train history; truth = the user's valid items.
+* ``test``: history = train + valid items; truth = the user's test items.
+The model is fitted on train only. Users without a truth item in a split are not evaluated in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+from recsys.baselines import HistoryScorer, PureSVD, build_baseline
+from recsys.console import print_table, step
+from recsys.evaluation import activity_buckets, evaluate_ranking, full_ranking_topk
+from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
+from recsys.paths import stage_dir
+from recsys.schema import FIRST_INDEX, ITEM_IDX, OOV_INDEX, PADDING_INDEX, SPLIT, USER_IDX
+from recsys.tables import read_arrow
+
+FEATURES_STAGE = "features"
+EVALUATE_STAGE = "evaluate"
+RESERVED_ITEMS = np.array([PADDING_INDEX, OOV_INDEX], dtype=np.int64)
+
+
+@dataclass
+class InteractionData:
+    """Interaction matrices ``[num_users, num_items]`` (index space of the vocabularies) per split."""
+
+    num_users: int
+    num_items: int
+    matrices: dict[str, sp.csr_matrix]
+    item_popularity: np.ndarray
+    item_ids: np.ndarray
+    content_vectors: np.ndarray | None
+    eval_set: str
+
+    def history(self, split: str) -> sp.csr_matrix:
+        if split == "valid":
+            return self.matrices["train"]
+        if split == "test":
+            return (self.matrices["train"] + self.matrices["valid"]).tocsr()
+        raise ValueError(f"no evaluation history for split {split!r}")
+
+
+def load_interactions(features: Path) -> InteractionData:
+    """Read ``split``, ``vocab_item`` and ``content`` from a published features stage."""
+    split_manifest = read_manifest(features / "split")
+    num_users = int(split_manifest.counts["num_users"])
+    num_items = int(split_manifest.counts["num_items"])
+    table = read_arrow(features / "split", columns=[USER_IDX, ITEM_IDX, SPLIT]).to_pandas()
+    matrices = {}
+    for name in ("train", "valid", "test"):
+        part = table[table[SPLIT] == name]
+        ones = np.ones(len(part), dtype=np.float32)
+        matrix = sp.csr_matrix((ones, (part[USER_IDX], part[ITEM_IDX])), shape=(num_users, num_items))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        matrices[name] = matrix
+    popularity = np.asarray(matrices["train"].sum(axis=0)).ravel().astype(np.float64)
+    vocab = read_arrow(features / "vocab_item").to_pandas()
+    item_ids = np.full(num_items, "", dtype=object)
+    item_ids[vocab[ITEM_IDX].to_numpy()] = vocab["item_id"].to_numpy()
+    content = _category_vectors(features / "content", num_items) if (features / "content").is_dir() else None
+    eval_set = f"{split_manifest.source_fingerprint[:16]}-{split_manifest.config_hash[:16]}"
+    return InteractionData(num_users, num_items, matrices, popularity, item_ids, content, eval_set)
+
+
+def _category_vectors(folder: Path, num_items: int) -> np.ndarray | None:
+    """Multi-hot category vectors per item, the content representation for intra-list diversity until a
+    text encoder's embeddings exist."""
+    content = read_arrow(folder, columns=[ITEM_IDX, "category_idx"]).to_pandas()
+    width = max((max(c) for c in content["category_idx"] if len(c)), default=FIRST_INDEX - 1) + 1
+    if width <= FIRST_INDEX:
+        return None
+    vectors = np.zeros((num_items, width), dtype=np.float32)
+    for item, categories in zip(content[ITEM_IDX], content["category_idx"], strict=True):
+        vectors[item, list(categories)] = 1.0
+    return vectors
+
+
+@dataclass
+class SplitEvaluation:
+    split: str
+    users: np.ndarray
+    topk_items: np.ndarray
+    topk_scores: np.ndarray
+    metrics: pd.DataFrame
+
+
+@dataclass
+class EvaluateResult:
+    model: str
+    data: InteractionData
+    scorer: HistoryScorer
+    splits: dict[str, SplitEvaluation] = field(default_factory=dict)
+
+
+def evaluate_scorer(
+    scorer: HistoryScorer, data: InteractionData, eval_cfg: Mapping[str, Any]
+) -> dict[str, SplitEvaluation]:
+    ks = [int(k) for k in eval_cfg["ks"]]
+    train_counts = np.asarray(data.matrices["train"].sum(axis=1)).ravel()
+    out = {}
+    for split in eval_cfg["splits"]:
+        truth_all = data.matrices[str(split)]
+        users = np.flatnonzero(np.diff(truth_all.indptr) > 0)
+        history = data.history(str(split))
+
+        def score_fn(batch: np.ndarray, history: sp.csr_matrix = history) -> np.ndarray:
+            return scorer.score(history[batch])
+
+        items, scores = full_ranking_topk(
+            score_fn,
+            users,
+            history,
+            max(ks),
+            batch_size=int(eval_cfg["batch_size"]),
+            excluded_items=RESERVED_ITEMS,
+        )
+        buckets = activity_buckets(train_counts[users], [int(e) for e in eval_cfg["bucket_edges"]])
+        metrics = evaluate_ranking(
+            items,
+            truth_all[users],
+            ks,
+            item_popularity=data.item_popularity,
+            num_items=data.num_items - FIRST_INDEX,
+            buckets=buckets,
+            item_embeddings=data.content_vectors,
+        )
+        out[str(split)] = SplitEvaluation(str(split), users, items, scores, metrics)
+    return out
+
+
+def recommendations_table(result: EvaluateResult, split: str, model_version: str) -> pa.Table:
+    """The one Recommendations table models and baselines share: user_idx, item_idx list, score list."""
+    evaluation = result.splits[split]
+    items = [row[row >= 0].tolist() for row in evaluation.topk_items]
+    scores = [s[: len(i)].tolist() for s, i in zip(evaluation.topk_scores, items, strict=True)]
+    return pa.table(
+        {
+            USER_IDX: pa.array(evaluation.users, pa.int64()),
+            ITEM_IDX: pa.array(items, pa.list_(pa.int64())),
+            "score": pa.array(scores, pa.list_(pa.float32())),
+            "model": pa.array([result.model] * len(items)),
+            "model_version": pa.array([model_version] * len(items)),
+        }
+    )
+
+
+def write_evaluation(result: EvaluateResult, folder: Path, model_version: str, run_id: str) -> None:
+    """Publish metrics (all splits), test recommendations and, for vector models, their vectors."""
+    import pyarrow.parquet as pq
+
+    with publish_atomically(folder) as staging:
+        metrics = pd.concat([e.metrics.assign(split=s) for s, e in result.splits.items()], ignore_index=True)
+        for name, table in (
+            ("metrics", pa.Table.from_pandas(metrics, preserve_index=False)),
+            *(
+                (f"recommendations_{s}", recommendations_table(result, s, model_version))
+                for s in result.splits
+            ),
+        ):
+            (staging / name).mkdir()
+            pq.write_table(table, staging / name / "part-0.parquet")
+            schema = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+            write_manifest(
+                staging / name,
+                Manifest(
+                    name,
+                    table.num_rows,
+                    schema,
+                    {"num_items": result.data.num_items},
+                    "",
+                    result.data.eval_set,
+                    extra={"model": result.model, "model_version": model_version, "run_id": run_id},
+                ),
+            )
+        if isinstance(result.scorer, PureSVD):
+            np.save(staging / "item_vectors.npy", result.scorer.item_vectors())
+        write_manifest(
+            staging,
+            Manifest(
+                EVALUATE_STAGE,
+                len(metrics),
+                [],
+                {"num_items": result.data.num_items},
+                "",
+                result.data.eval_set,
+                extra={
+                    "model": result.model,
+                    "model_version": model_version,
+                    "run_id": run_id,
+                    "eval_set": result.data.eval_set,
+                },
+            ),
+        )
+
+
+def fit_and_evaluate(cfg: Mapping[str, Any], features: Path) -> EvaluateResult:
+    model_cfg = cfg["model"]
+    with step(f"load features from {features}"):
+        data = load_interactions(features)
+    scorer = build_baseline(str(model_cfg["name"]), dict(model_cfg.get("params") or {}), int(cfg["seed"]))
+    with step(f"fit {scorer.name} on {data.matrices['train'].nnz:,} train interactions"):
+        scorer.fit(data.matrices["train"])
+    result = EvaluateResult(scorer.name, data, scorer)
+    with step(f"full-ranking evaluation over {data.num_items - FIRST_INDEX:,} items"):
+        result.splits = evaluate_scorer(scorer, data, cfg["evaluation"])
+    return result
+
+
+def print_metrics(result: EvaluateResult, ks_shown: tuple[int, ...] = (10, 20)) -> None:
+    rows = []
+    for split, evaluation in result.splits.items():
+        table = evaluation.metrics
+        overall = table[(table["bucket"] == "all") & (table["k"].isin(ks_shown))]
+        for r in overall.sort_values(["metric", "k"]).itertuples(index=False):
+            rows.append((split, f"{r.metric}@{r.k}", f"{r.value:.4f}"))
+    print_table(f"{result.model}: full-ranking metrics", ["split", "metric", "value"], rows)
+
+
+def features_dir(cfg: Mapping[str, Any]) -> Path:
+    return stage_dir(Path(cfg["paths"]["root"]).resolve(), str(cfg["run"]["date"]), FEATURES_STAGE)
+
+
+def evaluate_dir(cfg: Mapping[str, Any]) -> Path:
+    root = Path(cfg["paths"]["root"]).resolve()
+    return stage_dir(root, str(cfg["run"]["date"]), EVALUATE_STAGE) / str(cfg["model"]["name"])

@@ -1,0 +1,91 @@
+"""Model Registry: versions, ``challenger`` / ``champion`` aliases and the promotion gate.
+
+The decision is a pure function of two metric sets and their evaluation-set identities
+(:func:`decide_promotion`); applying it (:func:`register_and_gate`) is the only part that talks to MLflow.
+A challenger never replaces the champion on numbers from a different evaluation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+EVAL_SET_TAG = "eval_set"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    metric: str,
+    challenger: Mapping[str, float],
+    challenger_eval_set: str,
+    champion: Mapping[str, float] | None,
+    champion_eval_set: str | None,
+    min_improvement: float = 0.0,
+) -> Decision:
+    """Promote when there is no champion, or the challenger beats it by more than ``min_improvement`` on
+    ``metric`` measured on the same evaluation set (higher is better)."""
+    if metric not in challenger:
+        return Decision(False, f"challenger has no metric {metric!r}")
+    if champion is None:
+        return Decision(True, "no champion yet")
+    if champion_eval_set != challenger_eval_set:
+        return Decision(
+            False,
+            f"evaluation sets differ (champion {champion_eval_set}, challenger {challenger_eval_set}): "
+            "not comparable",
+        )
+    if metric not in champion:
+        return Decision(True, f"champion has no metric {metric!r}")
+    new, old = challenger[metric], champion[metric]
+    if new > old + min_improvement:
+        return Decision(True, f"{metric}: {new:.6f} > champion {old:.6f}")
+    return Decision(False, f"{metric}: {new:.6f} does not beat champion {old:.6f}")
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    decision: Decision
+
+
+def _champion(client: MlflowClient, name: str) -> tuple[dict[str, float], str | None] | None:
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    run = client.get_run(version.run_id)
+    return dict(run.data.metrics), run.data.tags.get(EVAL_SET_TAG)
+
+
+def register_and_gate(model_uri: str, name: str, run_id: str, metric: str, eval_set: str) -> Registration:
+    """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, and move ``champion``
+    to it only when :func:`decide_promotion` says so. The run must carry the metrics and the eval-set tag."""
+    client = MlflowClient()
+    client.set_tag(run_id, EVAL_SET_TAG, eval_set)
+    run_metrics = dict(client.get_run(run_id).data.metrics)
+    current = _champion(client, name)
+    version = mlflow.register_model(model_uri, name, tags={EVAL_SET_TAG: eval_set})
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    decision = decide_promotion(
+        metric,
+        run_metrics,
+        eval_set,
+        None if current is None else current[0],
+        None if current is None else current[1],
+    )
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    client.set_model_version_tag(name, version.version, "promotion", decision.reason)
+    return Registration(name, str(version.version), decision)

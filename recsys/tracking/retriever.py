@@ -1,0 +1,91 @@
+"""The retriever pyfunc: raw item-id history in, top-K raw item ids and scores out.
+
+It wraps a history encoder (a fold-in matrix ``[N, D]``: the user vector is the sum of the rows of the
+history items) and a FAISS :class:`~recsys.retrieval.index.ItemIndex` over item vectors in the same space,
+so ``mlflow models serve`` answers requests with the same scores offline evaluation used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+
+from recsys.retrieval.index import ItemIndex
+
+HISTORY = "history"
+ITEM_IDS = "item_ids"
+SCORES = "scores"
+
+
+class RetrieverModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Artifacts: ``index`` (ItemIndex folder), ``encoder`` (``.npy`` fold-in matrix), ``items``
+    (``.npy`` of raw item ids where position = item index)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def load_context(self, context: Any) -> None:
+        self.index = ItemIndex.load(Path(context.artifacts["index"]))
+        self.encoder = np.load(context.artifacts["encoder"])
+        self.item_ids = np.load(context.artifacts["items"], allow_pickle=False)
+        self.position = {str(item): i for i, item in enumerate(self.item_ids)}
+
+    def _encode(self, history: list[str]) -> tuple[np.ndarray, set[int]]:
+        known = {self.position[h] for h in history if h in self.position}
+        vector = (
+            self.encoder[sorted(known)].sum(axis=0) if known else np.zeros(self.encoder.shape[1], np.float32)
+        )
+        return vector.astype(np.float32), known
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        k = int((params or {}).get("k", self.k))
+        encoded = [self._encode([str(h) for h in row]) for row in model_input[HISTORY]]
+        queries = (
+            np.stack([v for v, _ in encoded]) if encoded else np.zeros((0, self.encoder.shape[1]), np.float32)
+        )
+        fetch = min(k + max((len(s) for _, s in encoded), default=0), len(self.item_ids))
+        found, scores = self.index.search(queries, fetch)
+        out_ids, out_scores = [], []
+        for (_, seen), row_ids, row_scores in zip(encoded, found, scores, strict=True):
+            keep = [
+                (int(i), float(s))
+                for i, s in zip(row_ids, row_scores, strict=True)
+                if i >= 0 and i not in seen
+            ]
+            out_ids.append([str(self.item_ids[i]) for i, _ in keep[:k]])
+            out_scores.append([s for _, s in keep[:k]])
+        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores})
+
+
+def log_retriever(
+    index_folder: Path,
+    encoder: np.ndarray,
+    item_ids: np.ndarray,
+    k: int,
+    example_history: list[str],
+    work: Path,
+) -> ModelInfo:
+    """Log the pyfunc into the active run (artifacts copied into MLflow) and return its info."""
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(work / "encoder.npy", encoder.astype(np.float32))
+    np.save(work / "items.npy", item_ids.astype(str))
+    artifacts = {
+        "index": str(index_folder),
+        "encoder": str(work / "encoder.npy"),
+        "items": str(work / "items.npy"),
+    }
+    model = RetrieverModel(k)
+    example = pd.DataFrame({HISTORY: [example_history]})
+    model.load_context(mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config={}))
+    signature = infer_signature(example, model.predict(None, example), params={"k": k})
+    return mlflow.pyfunc.log_model(
+        name="retriever", python_model=model, artifacts=artifacts, signature=signature, input_example=example
+    )

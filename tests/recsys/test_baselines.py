@@ -1,0 +1,84 @@
+"""Baselines against independent computations on tiny matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys.baselines import EASE, ItemKNN, MostPop, PureSVD, build_baseline
+from recsys.errors import ConfigError
+
+X = sp.csr_matrix(
+    np.array(
+        [
+            [1, 1, 0, 0, 1],
+            [1, 0, 1, 0, 0],
+            [0, 1, 1, 1, 0],
+            [1, 1, 0, 1, 1],
+            [0, 0, 1, 1, 0],
+        ],
+        dtype=np.float32,
+    )
+)
+
+
+def test_mostpop_scores_are_train_counts() -> None:
+    model = MostPop()
+    model.fit(X)
+    scores = model.score(X[[0, 1]])
+    assert scores.tolist() == [[3, 3, 3, 3, 2]] * 2
+
+
+def test_itemknn_cosine_with_shrink_by_hand() -> None:
+    model = ItemKNN(neighbors=10, shrink=1.0)
+    model.fit(X)
+    sim = model.similarity.toarray()
+    # items 0 and 1 share users {0, 3}; |item0| = 3, |item1| = 3 -> 2 / (sqrt(3) * sqrt(3) + 1) = 0.5
+    assert sim[0, 1] == pytest.approx(0.5)
+    assert np.all(np.diag(sim) == 0)
+    history = sp.csr_matrix(np.array([[1, 0, 0, 0, 0]], dtype=np.float32))
+    assert model.score(history)[0].tolist() == pytest.approx(sim[0].tolist())
+
+
+def test_itemknn_keeps_only_top_neighbours() -> None:
+    model = ItemKNN(neighbors=1, shrink=0.0)
+    model.fit(X)
+    assert np.all(np.diff(model.similarity.tocsc().indptr) <= 1)
+
+
+def test_ease_matches_columnwise_ridge_with_zero_diagonal() -> None:
+    l2 = 2.0
+    model = EASE(l2=l2)
+    model.fit(X)
+    dense = X.toarray().astype(np.float64)
+    n = dense.shape[1]
+    expected = np.zeros((n, n))
+    for j in range(n):
+        others = [i for i in range(n) if i != j]
+        a = dense[:, others]
+        expected[others, j] = np.linalg.solve(a.T @ a + l2 * np.eye(n - 1), a.T @ dense[:, j])
+    np.testing.assert_allclose(model.weights, expected, atol=1e-5)
+    np.testing.assert_allclose(model.score(X[[2]]), dense[[2]] @ expected, atol=1e-5)
+
+
+def test_ease_refuses_catalogs_above_the_cap() -> None:
+    with pytest.raises(ConfigError, match=r"max_items=3"):
+        EASE(max_items=3).fit(X)
+
+
+def test_puresvd_scores_are_inner_products_of_orthonormal_factors() -> None:
+    model = PureSVD(dim=3, seed=1)
+    model.fit(X)
+    v = model.item_vectors()
+    assert v.shape == (5, 3)
+    np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(model.score(X[[0, 4]]), model.user_vectors(X[[0, 4]]) @ v.T, atol=1e-6)
+    # The leading factor captures more of X than the last one (sorted singular values).
+    energy = np.linalg.norm(X.toarray() @ v, axis=0)
+    assert energy[0] >= energy[-1]
+
+
+def test_unknown_baseline_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a baseline"):
+        build_baseline("bpr", {}, 0)
