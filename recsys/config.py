@@ -21,6 +21,9 @@ from recsys.errors import ConfigError
 
 CONF_ENV = "RECSYS_CONF_DIR"
 
+# `${abspath:runs}` in conf: MLflow's SQLite URI and artifact root must not depend on the working folder.
+OmegaConf.register_new_resolver("abspath", lambda p: str(Path(str(p)).expanduser().resolve()), replace=True)
+
 
 def conf_dir() -> Path:
     """The config tree: ``$RECSYS_CONF_DIR`` when set, else the copy installed as package ``recsys.conf``."""

@@ -159,3 +159,29 @@ def criteo(folder: Path) -> Path:
         rows.append("\t".join([str(n % 2), *dense, *sparse]))
     write_lines(folder / "train.txt", rows)
     return folder
+
+
+def canonical_parquet(folder: Path) -> Path:
+    """A warehouse-style export: integer ids (cast to strings on ingest), seconds, nullable rating."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    interactions = pa.table(
+        {
+            "user_id": pa.array([int(u) for u, _, _, _ in RATINGS]),
+            "item_id": pa.array([int(i) for _, i, _, _ in RATINGS]),
+            "timestamp": pa.array([t for _, _, _, t in RATINGS], pa.int64()),
+            "rating": pa.array([r for _, _, r, _ in RATINGS]),
+        }
+    )
+    pq.write_table(interactions, folder / "interactions.parquet")
+    items = pa.table(
+        {
+            "item_id": [i for i, _, _ in MOVIES],
+            "title": [t for _, t, _ in MOVIES],
+            "categories": pa.array([g for _, _, g in MOVIES], pa.list_(pa.string())),
+        }
+    )
+    pq.write_table(items, folder / "items.parquet")
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
+from recsys.datasets.atomic import bundled_folder
 from tests.helpers import raw_files
 from tests.helpers.runs import ingest, rows
 
@@ -37,7 +39,10 @@ def _interactions(folder: Path, prefix: str = "") -> list[dict[str, Any]]:
     [
         (raw_files.atomic, "recbole_atomic", ["data.stem=ml-test"]),
         (raw_files.movielens_dat, "movielens_1m", []),
+        (raw_files.movielens_dat, "movielens_10m", []),
         (raw_files.movielens_csv, "movielens_20m", []),
+        (raw_files.movielens_csv, "movielens_latest_small", []),
+        (raw_files.canonical_parquet, "parquet", []),
     ],
 )
 def test_formats_give_canonical_interactions_and_items(
@@ -125,3 +130,29 @@ def test_bundled_movielens_100k_reads_from_recbole_wheel(spark: SparkSession, ma
     assert result.manifests["items"].row_count == 1682
     assert result.manifests["users"].row_count == 943
     assert result.manifests["quarantine"].row_count == 0
+
+
+def test_amazon_local_images_are_attached(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
+    folder = raw_files.amazon2023(tmp_path / "raw")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "P10.jpg").write_bytes(b"\xff\xd8\xff")
+    cfg = make_cfg(
+        "data=amazon2023", f"data.path={folder}", "data.category=All_Beauty", f"data.image_dir={images}"
+    )
+    items = {r["item_id"]: r["image_path"] for r in rows(ingest(spark, cfg).stage_dir / "items")}
+    assert items == {"P10": str((images / "P10.jpg").resolve()), "P11": None, "P12": None}
+
+
+def test_movielens_100k_from_a_folder_reads_the_same_format(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
+    bundled = bundled_folder("recbole/ml-100k")
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for suffix in ("inter", "item", "user"):
+        shutil.copy(bundled / f"ml-100k.{suffix}", folder)
+    result = ingest(spark, make_cfg("data=movielens_100k", f"data.path={folder}"))
+    assert result.manifests["interactions"].row_count == 100_000
+    assert result.manifests["interactions"].source_fingerprint != ""
+    assert all(str(folder) in f for t in result.tables for f in t.files)
