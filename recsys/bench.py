@@ -31,13 +31,33 @@ def save_results(out_dir: str | Path, name: str, results: Mapping[str, Any]) -> 
 
 
 def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
-    if name != "features":
-        raise ConfigError(f"unknown benchmark {name!r}; available: features.")
-    from features.bench import run_features_bench
+    if name == "features":
+        from features.bench import run_features_bench
 
-    results = run_features_bench(cfg)
-    rows = [(r["engine"], r["step"], f"{r['seconds']:.1f}", r.get("ratio", "")) for r in results["timings"]]
-    print_table(f"bench {name}", ["engine", "step", "seconds", "ratio vs duckdb"], rows)
+        results = run_features_bench(cfg)
+        reference = "duckdb"
+    elif name == "retrieval":
+        from recsys.retrieval.bench import run_retrieval_bench
+
+        results = run_retrieval_bench(cfg)
+        reference = "exact (Flat)"
+    else:
+        raise ConfigError(f"unknown benchmark {name!r}; available: features, retrieval.")
+    rows = [(r["engine"], r["step"], f"{r['seconds']:.2f}", r.get("ratio", "")) for r in results["timings"]]
+    print_table(f"bench {name}", ["engine", "step", "seconds", f"ratio vs {reference}"], rows)
+    if "indexes" in results:
+        index_rows = [
+            (
+                r["name"],
+                r["factory"],
+                f"{r['build_seconds']:.1f}",
+                f"{r['qps']:.0f}",
+                f"{r['recall_at_k']:.4f}",
+                f"{r['speedup_vs_exact']:.2f}x",
+            )
+            for r in results["indexes"]
+        ]
+        print_table("indexes", ["index", "factory", "build s", "QPS", "recall@k", "QPS vs exact"], index_rows)
     if "outputs_identical" in results:
         same = ", ".join(
             f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items()

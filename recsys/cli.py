@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -28,6 +29,30 @@ def _features(cfg: DictConfig, _: argparse.Namespace) -> None:
 
     result = features_run.run(to_plain(cfg))
     features_run.print_summary(result)
+
+
+def _ensure_features(cfg: dict[str, Any]) -> None:
+    """Evaluation starts from the features stage; build it first when this snapshot has none yet."""
+    from recsys.offline import features_dir
+
+    if not (features_dir(cfg) / "split" / "manifest.json").is_file():
+        from features import run as features_run
+
+        features_run.print_summary(features_run.run(cfg))
+
+
+def _evaluate(cfg: DictConfig, _: argparse.Namespace) -> None:
+    from recsys.jobs import run_evaluate
+
+    plain = to_plain(cfg)
+    _ensure_features(plain)
+    run_evaluate(plain)
+
+
+def _index(cfg: DictConfig, _: argparse.Namespace) -> None:
+    from recsys.jobs import run_index
+
+    run_index(to_plain(cfg))
 
 
 def _bench(cfg: DictConfig, args: argparse.Namespace) -> None:
@@ -49,8 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="Hydra overrides, e.g. data=movielens_100k paths.root=runs"
     )
     features.set_defaults(handler=_features)
+    evaluate = commands.add_parser("evaluate", help="fit a baseline, full-ranking metrics, log to MLflow")
+    evaluate.add_argument("overrides", nargs="*", help="e.g. model=ease data=movielens_100k")
+    evaluate.set_defaults(handler=_evaluate)
+    index = commands.add_parser("index", help="FAISS index + candidates + register the retriever pyfunc")
+    index.add_argument("overrides", nargs="*", help="e.g. model=puresvd index=hnsw")
+    index.set_defaults(handler=_index)
     bench = commands.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
-    bench.add_argument("name", choices=["features"])
+    bench.add_argument("name", choices=["features", "retrieval"])
     bench.add_argument("overrides", nargs="*")
     bench.set_defaults(handler=_bench)
     return parser

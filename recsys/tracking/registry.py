@@ -65,6 +65,8 @@ def _champion(client: MlflowClient, name: str) -> tuple[dict[str, float], str | 
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+    if version.run_id is None:
+        return None
     run = client.get_run(version.run_id)
     return dict(run.data.metrics), run.data.tags.get(EVAL_SET_TAG)
 

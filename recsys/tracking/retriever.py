@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from recsys.retrieval.index import ItemIndex
 
@@ -23,7 +24,7 @@ ITEM_IDS = "item_ids"
 SCORES = "scores"
 
 
-class RetrieverModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class RetrieverModel(PythonModel):
     """Artifacts: ``index`` (ItemIndex folder), ``encoder`` (``.npy`` fold-in matrix), ``items``
     (``.npy`` of raw item ids where position = item index)."""
 
@@ -84,8 +85,9 @@ def log_retriever(
     }
     model = RetrieverModel(k)
     example = pd.DataFrame({HISTORY: [example_history]})
-    model.load_context(mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config={}))
+    model.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
     signature = infer_signature(example, model.predict(None, example), params={"k": k})
-    return mlflow.pyfunc.log_model(
+    info: ModelInfo = mlflow.pyfunc.log_model(
         name="retriever", python_model=model, artifacts=artifacts, signature=signature, input_example=example
     )
+    return info

@@ -70,10 +70,11 @@ def tracked_run(
 
 def log_metric_table(table: pd.DataFrame, split: str) -> dict[str, float]:
     """Log a tidy ``metric, k, bucket, value`` table; returns what was logged (NaNs are skipped)."""
+    columns = [table[c].tolist() for c in ("metric", "k", "bucket", "value")]
     logged = {
-        metric_key(split, str(r.metric), int(r.k), str(r.bucket)): float(r.value)
-        for r in table.itertuples(index=False)
-        if pd.notna(r.value)
+        metric_key(split, str(metric), int(k), str(bucket)): float(value)
+        for metric, k, bucket, value in zip(*columns, strict=True)
+        if pd.notna(value)
     }
     mlflow.log_metrics(logged)
     return logged

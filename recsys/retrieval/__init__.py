@@ -1,0 +1,1 @@
+"""FAISS item indexes and batch candidate generation."""
