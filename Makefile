@@ -26,6 +26,12 @@ DEMO_ARGS := data=movielens_100k paths.root=runs run.date=1998-04-23
 
 demo: $(STAMP)
 	$(BIN)/recsys features $(DEMO_ARGS)
+	$(BIN)/recsys evaluate model=mostpop $(DEMO_ARGS)
+	$(BIN)/recsys evaluate model=ease $(DEMO_ARGS)
+	$(BIN)/recsys evaluate model=puresvd $(DEMO_ARGS)
+	$(BIN)/recsys index model=puresvd index=hnsw $(DEMO_ARGS)
+	@echo "Results: $(CURDIR)/runs/1998-04-23 (ingest, features, evaluate, index, candidates);"
+	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db"
 
 lint: $(STAMP)
 	$(BIN)/ruff check recsys features models pipelines tests
