@@ -35,6 +35,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recsys features models pipelines tests
+	$(BIN)/ruff format --check recsys features models pipelines tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

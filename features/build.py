@@ -74,14 +74,17 @@ def find_previous_vocab(cfg: Mapping[str, Any]) -> Path | None:
     explicit = cfg["features"]["vocab"].get("previous")
     if explicit:
         folder = Path(str(explicit))
-        if not (folder / USER_VOCAB.name).is_dir():
-            raise InputError(f"{folder}: features.vocab.previous has no {USER_VOCAB.name}/ vocabulary.")
+        if not _has_vocabularies(folder):
+            raise InputError(f"{folder}: features.vocab.previous holds no vocab_*/ output with a manifest.")
         return folder
     for run in earlier_runs(cfg["paths"]["root"], str(cfg["run"]["date"])):
-        candidate = run / STAGE
-        if (candidate / USER_VOCAB.name / "manifest.json").is_file():
-            return candidate
+        if _has_vocabularies(run / STAGE):
+            return run / STAGE
     return None
+
+
+def _has_vocabularies(folder: Path) -> bool:
+    return any((v / "manifest.json").is_file() for v in folder.glob("vocab_*"))
 
 
 class _Writer:

@@ -118,7 +118,9 @@ def run_index(cfg: Mapping[str, Any]) -> IndexResult:
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         # Tags, not params: the evaluate run already logged the default index config, and an index may be
         # rebuilt with another type later (params are immutable).
-        mlflow.set_tags({"retriever.index": str(cfg["index"]["name"]), "retriever.factory": index_cfg.factory})
+        mlflow.set_tags(
+            {"retriever.index": str(cfg["index"]["name"]), "retriever.factory": index_cfg.factory}
+        )
         example = [str(x) for x in data.item_ids[item_idx[:3]]]
         model_info = log_retriever(index_dir, vectors, data.item_ids.astype(str), k, example, Path(tmp))
         registration = register_and_gate(

@@ -72,3 +72,21 @@ def test_next_snapshot_keeps_known_ids(spark: SparkSession, make_cfg: Any, tmp_p
         (r["user_id"], r["item_id"]): (r["user_idx"], r["item_idx"]) for r in rows(f2.stage_dir / "split")
     }
     assert split[("2", "10")] == (users1["2"], items1["10"])
+
+
+def test_criteo_gets_one_vocabulary_per_categorical_column(
+    spark: SparkSession, make_cfg: Any, tmp_path: Path
+) -> None:
+    folder = raw_files.criteo(tmp_path / "raw")
+    _, features = ingest_and_features(spark, make_cfg("data=criteo", f"data.path={folder}"))
+    names = {n for n in features.manifests if n.startswith("vocab_")}
+    assert names == {f"vocab_cat_{i}" for i in range(26)}
+    vocab = _vocab(features.stage_dir, "vocab_cat_1", "cat_1", "cat_1_idx")
+    # cat_1 of row n is (7n + 1) % 3 as 8 hex digits: tokens 1, 2, 0 -> three ids, ordered by token
+    assert vocab == {f"{0:08x}": 2, f"{1:08x}": 3, f"{2:08x}": 4}
+    encoded = rows(features.stage_dir / "ctr", ["int_1"])
+    assert len(encoded) == 6 and "cat_1" not in encoded[0]
+    row = next(r for r in encoded if r["int_0"] == 1)
+    assert row["cat_1_idx"] == vocab[f"{(7 + 1) % 3:08x}"]
+    assert row["cat_0_idx"] == 1  # empty field -> null token -> out-of-vocabulary index
+    assert features.manifests["ctr"].counts["num_cat_1"] == 5
