@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RECBOLE_PIN := recbole==1.2.1
+TORCH_PIN := torch==2.13.0
+TORCHREC_PIN := torchrec==1.8.0
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: install demo test lint typecheck unit bench clean
@@ -14,9 +16,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml Makefile
+	# torch first and pinned: the CPU wheel is on local disk; letting a resolver pick pulls a CUDA build.
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -e ".[dev]"
-	# The recbole wheel is used only for the MovieLens-100K atomic files it ships: none of its dependencies.
-	$(BIN)/pip install --quiet --no-deps $(RECBOLE_PIN)
+	# No dependencies for these two: recbole is used only for the MovieLens-100K files it ships; torchrec
+	# declares the CUDA fbgemm-gpu, which clashes with fbgemm-gpu-cpu (installed from pyproject.toml).
+	$(BIN)/pip install --quiet --no-deps $(RECBOLE_PIN) $(TORCHREC_PIN)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -185,6 +185,7 @@ def run_features(spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stag
             min_user_events=int(fcfg["split"]["min_user_events"]),
             valid_fraction=float(fcfg["split"]["valid_fraction"]),
             test_fraction=float(fcfg["split"]["test_fraction"]),
+            seed=int(cfg["seed"]),
         )
         split = assign_splits(encoded, split_cfg).select(
             USER_IDX, ITEM_IDX, USER_ID, ITEM_ID, TIMESTAMP, RATING, LABEL, "event_type", SPLIT

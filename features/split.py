@@ -7,6 +7,9 @@
 * ``temporal``: one global cut. Events strictly after the ``1 - test_fraction`` time quantile go to test,
   those strictly after the ``1 - test_fraction - valid_fraction`` quantile to valid (exact
   ``percentile_disc``); events tied with a cut stay on its earlier side, so no second is split in two.
+* ``random``: each event independently, by a seeded hash of ``(user_id, item_id, timestamp)``, into valid
+  and test with the configured fractions (the "random 8:1:1" protocol of CTR papers). Leaks the future
+  into train by design; use it only to compare with numbers published under that protocol.
 """
 
 from __future__ import annotations
@@ -28,6 +31,32 @@ class SplitConfig:
     min_user_events: int
     valid_fraction: float
     test_fraction: float
+    seed: int = 0
+
+
+# xxhash64 is mapped to [0, 1) through its low bits: 2**53 keeps the fraction exact in a double.
+_UNIT_BITS = 2**53
+
+
+def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    if not (valid_fraction >= 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"features.split fractions must satisfy 0 <= valid, 0 < test, valid + test < 1; "
+            f"got valid={valid_fraction}, test={test_fraction}."
+        )
+
+
+def split_random(events: DataFrame, valid_fraction: float, test_fraction: float, seed: int) -> DataFrame:
+    """Add ``split`` by a seeded per-event hash (reproducible, independent of partitioning)."""
+    _check_fractions(valid_fraction, test_fraction)
+    hashed = F.xxhash64(F.lit(seed), F.col("user_id"), F.col(ITEM_ID), F.col(TIMESTAMP))
+    unit = F.pmod(hashed, F.lit(_UNIT_BITS)) / F.lit(float(_UNIT_BITS))
+    split = (
+        F.when(unit < test_fraction, F.lit("test"))
+        .when(unit < test_fraction + valid_fraction, F.lit("valid"))
+        .otherwise(F.lit("train"))
+    )
+    return events.withColumn(SPLIT, split)
 
 
 def split_leave_one_out(events: DataFrame, min_user_events: int) -> DataFrame:
@@ -45,11 +74,7 @@ def split_leave_one_out(events: DataFrame, min_user_events: int) -> DataFrame:
 
 
 def split_temporal(events: DataFrame, valid_fraction: float, test_fraction: float) -> DataFrame:
-    if not (valid_fraction >= 0 and test_fraction > 0 and valid_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"features.split fractions must satisfy 0 <= valid, 0 < test, valid + test < 1; "
-            f"got valid={valid_fraction}, test={test_fraction}."
-        )
+    _check_fractions(valid_fraction, test_fraction)
     # Rounded so 1 - 0.2 - 0.2 asks for the 0.6 quantile, not 0.6000000000000001.
     test_q, valid_q = round(1 - test_fraction, 12), round(1 - test_fraction - valid_fraction, 12)
     cuts = events.agg(
@@ -70,4 +95,8 @@ def assign_splits(events: DataFrame, cfg: SplitConfig) -> DataFrame:
         return split_leave_one_out(events, cfg.min_user_events)
     if cfg.method == "temporal":
         return split_temporal(events, cfg.valid_fraction, cfg.test_fraction)
-    raise ConfigError(f"features.split.method={cfg.method!r} is unknown; choose leave_one_out or temporal.")
+    if cfg.method == "random":
+        return split_random(events, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+    raise ConfigError(
+        f"features.split.method={cfg.method!r} is unknown; choose leave_one_out, temporal or random."
+    )

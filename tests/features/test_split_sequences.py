@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pyspark.sql import SparkSession
 
 from features.sequences import build_sequences
-from features.split import split_leave_one_out, split_temporal
+from features.split import split_leave_one_out, split_random, split_temporal
 from tests.helpers import raw_files
 from tests.helpers.runs import ingest_and_features, rows
 
@@ -78,3 +79,18 @@ def test_features_stage_on_fixture(spark: SparkSession, make_cfg: Any, tmp_path:
     popularity = {r["item_idx"]: r["interactions"] for r in rows(features.stage_dir / "popularity")}
     item_idx = {r["item_id"]: r["item_idx"] for r in rows(features.stage_dir / "vocab_item")}
     assert popularity == {item_idx["10"]: 2, item_idx["11"]: 1}
+
+
+def test_random_split_is_seeded_and_close_to_its_fractions(spark: SparkSession) -> None:
+    data = [(u, i, f"i{i}", 1000 * u + i) for u in range(40) for i in range(50)]
+    events = spark.createDataFrame(data, "user_idx long, item_idx long, item_id string, timestamp long")
+    events = events.withColumn("user_id", events.user_idx.cast("string"))
+    first = {(r.user_id, r.item_id): r.split for r in split_random(events, 0.1, 0.1, seed=3).collect()}
+    again = {
+        (r.user_id, r.item_id): r.split for r in split_random(events.repartition(4), 0.1, 0.1, 3).collect()
+    }
+    other = {(r.user_id, r.item_id): r.split for r in split_random(events, 0.1, 0.1, seed=4).collect()}
+    assert first == again and first != other
+    shares = {s: sum(v == s for v in first.values()) / len(first) for s in ("train", "valid", "test")}
+    assert shares["train"] == pytest.approx(0.8, abs=0.03)
+    assert shares["valid"] == pytest.approx(0.1, abs=0.03) and shares["test"] == pytest.approx(0.1, abs=0.03)
