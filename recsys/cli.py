@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from recsys.config import compose, to_plain
 from recsys.console import console
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -49,6 +49,16 @@ def _evaluate(cfg: DictConfig, _: argparse.Namespace) -> None:
     run_evaluate(plain)
 
 
+def _train(cfg: DictConfig, _: argparse.Namespace) -> None:
+    plain = to_plain(cfg)
+    if plain["model"]["family"] != "dlrm":
+        raise ConfigError(f"recsys train supports model=dlrm so far, not model={plain['model']['name']}.")
+    from models.dlrm.train import run_train
+
+    _ensure_features(plain)
+    run_train(plain)
+
+
 def _index(cfg: DictConfig, _: argparse.Namespace) -> None:
     from recsys.jobs import run_index
 
@@ -77,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="fit a baseline, full-ranking metrics, log to MLflow")
     evaluate.add_argument("overrides", nargs="*", help="e.g. model=ease data=movielens_100k")
     evaluate.set_defaults(handler=_evaluate)
+    train = commands.add_parser("train", help="train a model (dlrm) with Lightning, log to MLflow")
+    train.add_argument("overrides", nargs="*", help="e.g. model=dlrm trainer=ddp_cpu")
+    train.set_defaults(handler=_train)
     index = commands.add_parser("index", help="FAISS index + candidates + register the retriever pyfunc")
     index.add_argument("overrides", nargs="*", help="e.g. model=puresvd index=hnsw")
     index.set_defaults(handler=_index)

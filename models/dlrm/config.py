@@ -64,6 +64,7 @@ class DLRMConfig:
     epochs: int
     dcn_num_layers: int = 3
     dcn_low_rank_dim: int = 64
+    shuffle_buffer_rows: int | None = None
 
     @property
     def sparse_features(self) -> tuple[str, ...]:
@@ -110,6 +111,9 @@ class DLRMConfig:
             epochs=int(m["epochs"]),
             dcn_num_layers=int(m.get("dcn_num_layers", 3)),
             dcn_low_rank_dim=int(m.get("dcn_low_rank_dim", 64)),
+            shuffle_buffer_rows=None
+            if m.get("shuffle_buffer_rows") is None
+            else int(m["shuffle_buffer_rows"]),
         )
         cfg.validate()
         return cfg

@@ -9,7 +9,7 @@ import pytest
 from recsys.config import compose, conf_dir, to_plain
 from recsys.errors import ConfigError
 
-GROUPS = ["data", "features", "spark"]
+GROUPS = ["data", "features", "spark", "model", "trainer", "index", "evaluation", "tracking"]
 
 
 def _choices(group: str) -> list[str]:
@@ -37,3 +37,13 @@ def test_missing_path_is_reported_with_the_key() -> None:
 def test_bad_override_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         compose(["data=does_not_exist"])
+
+
+def test_every_dlrm_model_file_builds_a_typed_config() -> None:
+    from models.dlrm.config import DLRMConfig
+
+    for choice in _choices("model"):
+        cfg = to_plain(compose([f"model={choice}"]))
+        if cfg["model"]["family"] == "dlrm":
+            parsed = DLRMConfig.from_mapping(cfg["model"])
+            assert parsed.sparse_features and parsed.dense_arch_layer_sizes[-1] == parsed.embedding_dim

@@ -1,0 +1,179 @@
+"""LightningModule around the sharded DLRM ranker: BCE training, AUC / GAUC / LogLoss evaluation.
+
+The DMP is created in ``configure_model`` (after the strategy has made the process group), never in
+``__init__`` (STYLE 2.3). Tables are updated by FBGEMM's fused row-wise Adagrad inside backward; the optimizer
+returned to Lightning updates only the dense weights (Adam) and carries the fused one so both are saved and
+restored together. Use it with ``models.dlrm.strategy.TorchRecStrategy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from models.dlrm.batch import CTRBatch
+from models.dlrm.config import DLRMConfig
+from models.dlrm.sharding import shard_ranker
+from recsys.metrics.classification import auc, gauc, log_loss
+
+USER_FEATURE = "user_idx"
+"""KJT key whose id groups rows for GAUC (per-user AUC)."""
+NO_USER = -1
+
+
+def first_ids(kjt: KeyedJaggedTensor, key: str) -> torch.Tensor:
+    """The first id of each bag of ``key``: ``[B]`` int64, ``NO_USER`` for empty bags.
+
+    Single-id features (``user_idx``) have one id per bag; this picks it without a per-row loop.
+    """
+    jagged = kjt[key]
+    lengths = jagged.lengths()
+    offsets = jagged.offsets()[:-1]
+    ids = torch.full_like(lengths, NO_USER, dtype=torch.int64)
+    present = lengths > 0
+    ids[present] = jagged.values()[offsets[present]].to(torch.int64)
+    return ids
+
+
+class DLRMLitModule(pl.LightningModule):
+    """Trains and evaluates a sharded ``DLRMRanker``.
+
+    Args:
+        cfg: model config (arches, tables, optimizer, sharding).
+        counts: manifest counts that size the tables, e.g. ``{"num_users": 945, ...}``.
+
+    Logs ``train/loss`` per step and ``val/auc``, ``val/gauc``, ``val/logloss`` (``test/...``) per epoch,
+    computed over the rows of all ranks.
+    """
+
+    def __init__(self, cfg: DLRMConfig, counts: Mapping[str, int]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.counts = dict(counts)
+        self.model: DistributedModelParallel | None = None
+        self.plan: ShardingPlan | None = None
+        self._eval_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def configure_model(self) -> None:
+        """Build the tables on ``meta`` and shard them with DMP; a no-op when already built (idempotent)."""
+        if self.model is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        sharded = shard_ranker(self.cfg, self.counts, device)
+        self.model, self.plan = sharded.model, sharded.plan
+
+    def _dmp(self) -> DistributedModelParallel:
+        if self.model is None:
+            raise RuntimeError("DLRMLitModule.configure_model() has not run: no model yet.")
+        return self.model
+
+    def forward(self, batch: CTRBatch) -> torch.Tensor:
+        """``[B]`` logits for a batch."""
+        logits: torch.Tensor = self._dmp()(batch)
+        return logits
+
+    def score(self, batch: CTRBatch) -> torch.Tensor:
+        """Ranker contract: ``[B]`` click probabilities."""
+        return torch.sigmoid(self(batch))
+
+    def compute_loss(self, batch: CTRBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean BCE-with-logits loss [], logits [B])``; no logging, so usable outside a Trainer."""
+        logits = self(batch)
+        return F.binary_cross_entropy_with_logits(logits, batch.labels), logits
+
+    def training_step(self, batch: CTRBatch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self.compute_loss(batch)
+        self.log("train/loss", loss, batch_size=batch.batch_size, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> CombinedOptimizer:
+        """Adam over the dense weights plus DMP's fused table optimizer, combined into one KeyedOptimizer.
+
+        The fused optimizer's ``step`` does nothing (tables were updated in backward) but it is part of the
+        combination so its state is checkpointed and its learning rate follows schedulers.
+        """
+        model = self._dmp()
+        dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+        dense_lr = self.cfg.optim.dense_lr
+        dense = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=dense_lr))
+        return CombinedOptimizer([model.fused_optimizer, dense])
+
+    def _collect(self, stage: str, batch: CTRBatch) -> None:
+        logits = self(batch).detach()
+        if USER_FEATURE in set(batch.sparse.keys()):
+            users = first_ids(batch.sparse, USER_FEATURE)
+        else:
+            users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64)
+        self._eval_outputs.setdefault(stage, []).append((logits.cpu(), batch.labels.cpu(), users.cpu()))
+
+    def validation_step(self, batch: CTRBatch, batch_idx: int) -> None:
+        self._collect("val", batch)
+
+    def test_step(self, batch: CTRBatch, batch_idx: int) -> None:
+        self._collect("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, stage: str) -> None:
+        outputs = self._eval_outputs.pop(stage, [])
+        metrics = classification_metrics(*gather_eval_outputs(outputs))
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dlrm_plan"] = None if self.plan is None else str(self.plan)
+
+
+def gather_eval_outputs(
+    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Concatenate this rank's ``(logits, labels, users)`` and, with several ranks, those of all ranks.
+
+    Metrics such as AUC are not averages of per-rank values, so every rank gets all M rows.
+
+    Returns:
+        ``(logits [M] float64, labels [M] float64, users [M] int64)`` over all ranks.
+    """
+    if outputs:
+        logits = torch.cat([o[0] for o in outputs]).double().numpy()
+        labels = torch.cat([o[1] for o in outputs]).double().numpy()
+        users = torch.cat([o[2] for o in outputs]).numpy()
+    else:
+        logits, labels = np.zeros(0), np.zeros(0)
+        users = np.zeros(0, dtype=np.int64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (logits, labels, users))
+        logits = np.concatenate([g[0] for g in gathered])
+        labels = np.concatenate([g[1] for g in gathered])
+        users = np.concatenate([g[2] for g in gathered])
+    return logits, labels, users
+
+
+def classification_metrics(
+    logits: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], users: np.ndarray[Any, Any]
+) -> dict[str, float]:
+    """``{"auc", "gauc", "logloss"}`` from ``[M]`` logits, 0/1 labels and user ids (GAUC groups by user)."""
+    if labels.size == 0:
+        return {"auc": float("nan"), "gauc": float("nan"), "logloss": float("nan")}
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    return {
+        "auc": auc(labels, logits),
+        "gauc": gauc(labels, logits, users),
+        "logloss": log_loss(labels, probabilities),
+    }
