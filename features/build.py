@@ -19,7 +19,7 @@ from features.content import CATEGORY_IDX, build_content
 from features.ctr import CTRConfig, build_ctr_samples
 from features.io import read_output, read_parquet, write_output
 from features.sequences import build_sequences, item_popularity
-from features.split import SplitConfig, assign_splits
+from features.split import SplitConfig, assign_splits, split_temporal
 from features.vocab import (
     CATEGORY_VOCAB,
     FIRST_SEEN,
@@ -57,6 +57,7 @@ from recsys.schema import (
 )
 
 STAGE = "features"
+ROW_ORDER = "_row_order"
 # New users/items seen only in metadata tables sort after every id seen in interactions.
 _NEVER_SEEN = 2**62
 _REQUIRED_INTERACTION_COLUMNS = {USER_ID: "string", ITEM_ID: "string", TIMESTAMP: "bigint", RATING: "double"}
@@ -251,8 +252,13 @@ def _encoded_users(
 def run_criteo_features(
     spark: SparkSession, cfg: Mapping[str, Any], ingest: Path, stage: Path
 ) -> FeaturesResult:
-    """Criteo: one vocabulary per categorical column, and the events with every categorical encoded."""
+    """Criteo: one vocabulary per categorical column, the events with every categorical encoded, and a
+    split by row order (the files are in time order and carry no timestamp): the last
+    ``features.split.test_fraction`` of the rows are test, the ``valid_fraction`` before them valid."""
     events, _ = read_output(spark, ingest / "ctr_events")
+    # Row order of the published Parquet = file order (ingest does not shuffle Criteo rows).
+    events = events.withColumn(ROW_ORDER, F.monotonically_increasing_id())
+    split_cfg = cfg["features"]["split"]
     sparse = [c for c in events.columns if c.startswith(CRITEO_SPARSE_PREFIX)]
     previous = find_previous_vocab(cfg)
     digest = config_hash({"features": cfg["features"], "seed": cfg["seed"]})
@@ -266,5 +272,10 @@ def run_criteo_features(
                 write, events.select(column, F.lit(0).cast("long").alias(FIRST_SEEN)), spec, previous
             )
             encoded = encode(encoded, vocab, spec).drop(column)
-        write("ctr", encoded, counts=sizes)
+        encoded = split_temporal(
+            encoded, float(split_cfg["valid_fraction"]), float(split_cfg["test_fraction"]), ROW_ORDER
+        )
+        write("ctr", encoded.drop(ROW_ORDER), counts=sizes, partition_by=[SPLIT])
+        split_counts = read_parquet(spark, staging / "ctr").groupBy(SPLIT).count().collect()
+        write.add_counts("ctr", {f"rows_{r[SPLIT]}": int(r["count"]) for r in split_counts})
     return FeaturesResult(stage, write.manifests, previous)

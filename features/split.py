@@ -73,18 +73,20 @@ def split_leave_one_out(events: DataFrame, min_user_events: int) -> DataFrame:
     return events.withColumn(SPLIT, split)
 
 
-def split_temporal(events: DataFrame, valid_fraction: float, test_fraction: float) -> DataFrame:
+def split_temporal(
+    events: DataFrame, valid_fraction: float, test_fraction: float, time_column: str = TIMESTAMP
+) -> DataFrame:
     _check_fractions(valid_fraction, test_fraction)
     # Rounded so 1 - 0.2 - 0.2 asks for the 0.6 quantile, not 0.6000000000000001.
     test_q, valid_q = round(1 - test_fraction, 12), round(1 - test_fraction - valid_fraction, 12)
     cuts = events.agg(
-        F.expr(f"percentile_disc({test_q}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("test"),
-        F.expr(f"percentile_disc({valid_q}) WITHIN GROUP (ORDER BY {TIMESTAMP})").alias("valid"),
+        F.expr(f"percentile_disc({test_q}) WITHIN GROUP (ORDER BY {time_column})").alias("test"),
+        F.expr(f"percentile_disc({valid_q}) WITHIN GROUP (ORDER BY {time_column})").alias("valid"),
     ).first()
     assert cuts is not None
     split = (
-        F.when(F.col(TIMESTAMP) > cuts["test"], F.lit("test"))
-        .when(F.col(TIMESTAMP) > cuts["valid"], F.lit("valid"))
+        F.when(F.col(time_column) > cuts["test"], F.lit("test"))
+        .when(F.col(time_column) > cuts["valid"], F.lit("valid"))
         .otherwise(F.lit("train"))
     )
     return events.withColumn(SPLIT, split)

@@ -6,6 +6,8 @@ are validated.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyspark.sql import SparkSession
 
 from recsys.datasets.base import (
@@ -22,11 +24,14 @@ from recsys.schema import CRITEO_DENSE_PREFIX, CRITEO_SPARSE_PREFIX, LABEL, crit
 
 
 def read(spark: SparkSession, cfg: DataConfig) -> RawDataset:
-    folder = cfg.require_path()
     pattern = str(cfg.options.get("glob", "*.txt"))
-    files = sorted(p for p in folder.glob(pattern) if p.is_file())
-    if not files:
-        raise InputError(f"{folder}: no Criteo file matches data.glob={pattern!r}.")
+    if cfg.path and Path(cfg.path).is_file():
+        files = [Path(cfg.path)]
+    else:
+        folder = cfg.require_path()
+        files = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if not files:
+            raise InputError(f"{folder}: no Criteo file matches data.glob={pattern!r}.")
     for path in files:
         require_file(path, "Criteo file")
     num_dense = int(cfg.options.get("num_dense", 13))

@@ -185,3 +185,21 @@ def canonical_parquet(folder: Path) -> Path:
     )
     pq.write_table(items, folder / "items.parquet")
     return folder
+
+
+def criteo_learnable(path: Path, rows: int, seed: int) -> Path:
+    """A Criteo-format TSV whose label depends on one categorical and one dense column, so a model
+    trained on the first rows scores the last ones better than chance."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(rows):
+        signal = int(rng.integers(0, 4))
+        label = int(rng.random() < (0.85 if signal < 2 else 0.15))
+        dense = [str(int(rng.integers(0, 50)) + 100 * signal)] + [
+            str(int(rng.integers(0, 9))) for _ in range(12)
+        ]
+        sparse = [f"{signal:08x}"] + [f"{int(rng.integers(0, 20)):08x}" for _ in range(25)]
+        lines.append("\t".join([str(label), *dense, *sparse]))
+    return write_lines(path, lines)
