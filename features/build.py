@@ -276,6 +276,9 @@ def run_criteo_features(
             encoded, float(split_cfg["valid_fraction"]), float(split_cfg["test_fraction"]), ROW_ORDER
         )
         write("ctr", encoded.drop(ROW_ORDER), counts=sizes, partition_by=[SPLIT])
-        split_counts = read_parquet(spark, staging / "ctr").groupBy(SPLIT).count().collect()
-        write.add_counts("ctr", {f"rows_{r[SPLIT]}": int(r["count"]) for r in split_counts})
+        rows = {
+            r[SPLIT]: int(r["count"])
+            for r in read_parquet(spark, staging / "ctr").groupBy(SPLIT).count().collect()
+        }
+        write.add_counts("ctr", {f"rows_{s}": rows.get(s, 0) for s in SPLITS})
     return FeaturesResult(stage, write.manifests, previous)

@@ -41,10 +41,24 @@ def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
 
         results = run_retrieval_bench(cfg)
         reference = "exact (Flat)"
+    elif name == "dlrm":
+        from models.dlrm.bench import run_dlrm_bench
+
+        results = run_dlrm_bench(cfg)
+        reference = "plain TorchRec loop"
     else:
-        raise ConfigError(f"unknown benchmark {name!r}; available: features, retrieval.")
-    rows = [(r["engine"], r["step"], f"{r['seconds']:.2f}", r.get("ratio", "")) for r in results["timings"]]
-    print_table(f"bench {name}", ["engine", "step", "seconds", f"ratio vs {reference}"], rows)
+        raise ConfigError(f"unknown benchmark {name!r}; available: features, retrieval, dlrm.")
+    rows = [
+        (
+            r["engine"],
+            r["step"],
+            f"{r['seconds']:.2f}",
+            f"{r['samples_per_s']:.0f}" if "samples_per_s" in r else "",
+            r.get("ratio", ""),
+        )
+        for r in results["timings"]
+    ]
+    print_table(f"bench {name}", ["engine", "step", "seconds", "samples/s", f"ratio vs {reference}"], rows)
     if "indexes" in results:
         index_rows = [
             (

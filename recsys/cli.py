@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("overrides", nargs="*", help="e.g. model=puresvd index=hnsw")
     index.set_defaults(handler=_index)
     bench = commands.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
-    bench.add_argument("name", choices=["features", "retrieval"])
+    bench.add_argument("name", choices=["features", "retrieval", "dlrm"])
     bench.add_argument("overrides", nargs="*")
     bench.set_defaults(handler=_bench)
     return parser

@@ -9,17 +9,27 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
 from models.dlrm.module import DLRMLitModule
+from models.dlrm.pyfunc import log_dlrm
+from models.dlrm.rerank import two_stage_evaluation
 from models.dlrm.strategy import TorchRecStrategy
-from recsys.console import print_table
+from recsys.console import console, print_table
+from recsys.manifest import read_manifest
 from recsys.paths import stage_dir
+from recsys.tables import read_arrow
+from recsys.tracking.registry import Registration, register_and_gate
 from recsys.tracking.runs import tracked_run
 
 CTR_OUTPUT = "ctr"
+PROMOTION_METRIC = "test/auc"
+RETRIEVER = "puresvd"
+# Rows of the CTR output stored as the pyfunc's input example.
+EXAMPLE_ROWS = 5
 
 
 class ReshuffleEachEpoch(pl.Callback):
@@ -75,8 +85,51 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         )
         trainer.fit(module, datamodule=datamodule)
         [test] = trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = {str(k): float(v) for k, v in test.items()}
-    print_table(
-        f"{model_cfg.name}: test", ["metric", "value"], [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
-    )
+        metrics = {str(k): float(v) for k, v in test.items()}
+        rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
+        if trainer.world_size == 1:
+            registration = _register(cfg, module, model_cfg, datamodule, folder, run.info.run_id)
+            rows.append(("registered", f"{registration.name} v{registration.version}"))
+            rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
+            two_stage = _two_stage(cfg, module)
+            metrics.update(two_stage)
+            rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
+    print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
     return TrainResult(run.info.run_id, metrics, trainer, module)
+
+
+def _register(
+    cfg: Mapping[str, Any],
+    module: DLRMLitModule,
+    model_cfg: DLRMConfig,
+    datamodule: CTRDataModule,
+    folder: Path,
+    run_id: str,
+) -> Registration:
+    """Log the scoring pyfunc into the training run and register it behind the promotion gate (test AUC)."""
+    columns = [*model_cfg.sparse_features, *model_cfg.dense_features]
+    example = read_arrow(folder, columns=columns).slice(0, EXAMPLE_ROWS).to_pandas()
+    info = log_dlrm(module, model_cfg, datamodule.counts, example)
+    manifest = read_manifest(folder)
+    eval_set = f"{manifest.source_fingerprint[:16]}-{manifest.config_hash[:16]}"
+    name = f"{cfg['prefix']}-{model_cfg.name}"
+    return register_and_gate(info.model_uri, name, run_id, PROMOTION_METRIC, eval_set)
+
+
+def _two_stage(cfg: Mapping[str, Any], module: DLRMLitModule) -> dict[str, float]:
+    """Retriever candidates re-ranked by the DLRM, when this snapshot has an evaluated retriever."""
+    root = Path(cfg["paths"]["root"]).resolve()
+    vectors = stage_dir(root, str(cfg["run"]["date"]), "evaluate") / RETRIEVER / "item_vectors.npy"
+    if not vectors.is_file():
+        console.print(
+            f"two-stage evaluation skipped: no {vectors} (run `recsys evaluate model={RETRIEVER}`)."
+        )
+        return {}
+    result = two_stage_evaluation(cfg, module, retriever=RETRIEVER)
+    out = {
+        "two_stage/retrieval_ndcg_at_10": result.retrieval_ndcg_at_10,
+        "two_stage/reranked_ndcg_at_10": result.reranked_ndcg_at_10,
+        "two_stage/candidate_recall": result.candidate_recall,
+    }
+    mlflow.log_metrics(out)
+    return out

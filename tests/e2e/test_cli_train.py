@@ -36,3 +36,6 @@ def test_train_dlrm_smoke_logs_ctr_metrics(tmp_path: Path) -> None:
     epochs, batches = int(run.data.params["model.epochs"]), 5  # trainer=smoke: 5 train batches per epoch
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == epochs * batches
     assert run.data.params["model.name"] == "dlrm" and run.data.params["features.split.method"] == "random"
+    version = client.get_model_version_by_alias("recsys-dlrm", "champion")
+    assert version.run_id == run.info.run_id  # first version: no champion before, so the gate promotes it
+    assert "two-stage evaluation skipped" in done.stderr

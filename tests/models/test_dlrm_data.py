@@ -27,6 +27,7 @@ from recsys.schema import OOV_INDEX
 from recsys.tables import read_arrow
 from tests.conftest import spark_overrides
 from tests.helpers import raw_files
+from tests.helpers.dlrm import synthetic_tables
 from tests.helpers.runs import ingest_and_features
 
 BATCH = 64
@@ -38,10 +39,9 @@ Row = tuple[tuple[tuple[int, ...], ...], tuple[float, ...], float]
 
 
 def _synthetic_model(**changes: Any) -> DLRMConfig:
-    """conf/model/dlrm.yaml with the synthetic ``segment`` attribute in place of gender / occupation."""
+    """conf/model/dlrm.yaml with the synthetic ``segment`` attribute in place of the MovieLens ones."""
     mapping = to_plain(compose(["model=dlrm"]))["model"]
-    tables = [t for t in mapping["tables"] if t["name"] not in ("t_gender", "t_occupation")]
-    mapping["tables"] = [*tables, {"name": "t_segment", "features": ["segment_idx"], "size": "num_segment"}]
+    mapping["tables"] = synthetic_tables(mapping["tables"])
     return dataclasses.replace(DLRMConfig.from_mapping(mapping), **changes)
 
 
@@ -268,5 +268,9 @@ def test_criteo_batches_and_hashing(criteo: Path) -> None:
     np.testing.assert_array_equal(values, np.where(raw_ids >= 2, raw_ids % 2, raw_ids))
     assert _rows(streamed[0], hashed) == _reference(table.to_pylist(), hashed)
 
-    with pytest.raises(ManifestError, match="no 'split' partition"):
-        CTRDataModule(criteo, cfg, seed=SEED).val_dataloader()
+    # The features stage splits Criteo by row order, so the DataModule serves its splits too.
+    module = CTRDataModule(criteo, dataclasses.replace(cfg, batch_size=2), seed=SEED)
+    counts = module.counts
+    assert counts["rows_train"] + counts["rows_valid"] + counts["rows_test"] == table.num_rows
+    train_batches = list(module.train_dataloader())
+    assert len(train_batches) == counts["rows_train"] // 2 > 0

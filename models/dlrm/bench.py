@@ -1,0 +1,349 @@
+"""Training throughput of the DLRM ranker: our Lightning loop vs a plain TorchRec loop, on the same data.
+
+Workload (both engines): a Criteo-like synthetic data set (``num_dense`` log1p dense features, ``num_sparse``
+single-id categorical features, one table of ``rows_per_table`` rows each, 0/1 labels), built in memory
+before timing. Both engines build the same sharded model (``shard_ranker``, table-wise, fused row-wise Adagrad
+for the tables, Adam for the dense part) from the same seed and train it on the same batches; only the steps
+after ``warmup_batches`` are timed. Every measurement runs in fresh processes (``elastic_launch`` with a file
+rendezvous), one per rank; each rank trains on its own batches, and rank 0's timing is reported.
+
+The reported ratio is Lightning samples/s over plain-loop samples/s for each world size (1.0 = no overhead).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.utils.data import DataLoader
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from models.dlrm.batch import CTRBatch
+from models.dlrm.config import DLRMConfig, OptimConfig, ShardingConfig, TableSpec
+from models.dlrm.module import DLRMLitModule
+from models.dlrm.sharding import shard_ranker
+from models.dlrm.strategy import GLOO, TorchRecStrategy
+from recsys.config import conf_dir
+
+LIGHTNING, TORCHREC = "lightning", "torchrec"
+"""Engine names in the results; TORCHREC (the plain loop) is the reference of every ratio."""
+MODEL_CONF = Path("model") / "dlrm_criteo.yaml"
+"""Model conf (under ``conf/``) whose arch hidden sizes and optimizer settings the bench model uses."""
+INTERACTION = "dot"
+SHARDING_TYPES = ("table_wise",)
+POOLING = "sum"
+
+ModelState = dict[str, list[tuple[list[int], torch.Tensor]]]
+"""``{state_dict key: [(global offsets, local tensor), ...]}``: a replicated tensor is one piece at 0."""
+
+
+@dataclass(frozen=True)
+class DLRMBenchSettings:
+    """``bench.dlrm`` of the root config plus the seed and the Criteo model's arch and optimizer.
+
+    Attributes:
+        batch_size: rows per batch and process.
+        num_batches: timed batches per process.
+        warmup_batches: batches run before timing starts.
+        num_dense: dense features (``int_0`` ...).
+        num_sparse: categorical features (``cat_0`` ...), one table each.
+        rows_per_table: rows of every table.
+        embedding_dim: width of every embedding.
+        world_sizes: process counts measured.
+        seed: seed of the model weights and (offset by rank) of the synthetic batches.
+        dense_hidden: dense arch hidden sizes before the final ``embedding_dim`` layer.
+        over_arch: over arch sizes (ends with 1).
+        optim: learning rates and Adagrad epsilon.
+    """
+
+    batch_size: int
+    num_batches: int
+    warmup_batches: int
+    num_dense: int
+    num_sparse: int
+    rows_per_table: int
+    embedding_dim: int
+    world_sizes: tuple[int, ...]
+    seed: int
+    dense_hidden: tuple[int, ...]
+    over_arch: tuple[int, ...]
+    optim: OptimConfig
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> DLRMBenchSettings:
+        """Read ``cfg["bench"]["dlrm"]``, ``cfg["seed"]`` and the arch/optim of ``conf/model/dlrm_criteo``."""
+        bench = cfg["bench"]["dlrm"]
+        model = OmegaConf.to_container(OmegaConf.load(conf_dir() / MODEL_CONF), resolve=True)
+        assert isinstance(model, dict)
+        optim = model["optim"]
+        return cls(
+            batch_size=int(bench["batch_size"]),
+            num_batches=int(bench["num_batches"]),
+            warmup_batches=int(bench["warmup_batches"]),
+            num_dense=int(bench["num_dense"]),
+            num_sparse=int(bench["num_sparse"]),
+            rows_per_table=int(bench["rows_per_table"]),
+            embedding_dim=int(bench["embedding_dim"]),
+            world_sizes=tuple(int(w) for w in bench["world_sizes"]),
+            seed=int(cfg["seed"]),
+            dense_hidden=tuple(int(x) for x in model["dense_arch_layer_sizes"][:-1]),
+            over_arch=tuple(int(x) for x in model["over_arch_layer_sizes"]),
+            optim=OptimConfig(float(optim["dense_lr"]), float(optim["sparse_lr"]), float(optim["eps"])),
+        )
+
+    @property
+    def total_batches(self) -> int:
+        """Batches each process trains on: warm-up plus timed."""
+        return self.warmup_batches + self.num_batches
+
+
+def bench_model_config(settings: DLRMBenchSettings) -> tuple[DLRMConfig, dict[str, int]]:
+    """The synthetic Criteo-like ``DLRMConfig`` and its manifest counts.
+
+    Returns:
+        ``(cfg, counts)``: tables ``t_cat_i`` looked up by feature ``cat_i`` and sized by ``num_cat_i``,
+        dense features ``int_0`` ... (log1p), dot interaction, table-wise sharding;
+        ``counts = {"num_cat_i": rows_per_table}``.
+    """
+    tables = tuple(
+        TableSpec(f"t_cat_{i}", (f"cat_{i}",), f"num_cat_{i}", POOLING) for i in range(settings.num_sparse)
+    )
+    cfg = DLRMConfig(
+        name="dlrm_bench",
+        interaction=INTERACTION,
+        embedding_dim=settings.embedding_dim,
+        dense_arch_layer_sizes=(*settings.dense_hidden, settings.embedding_dim),
+        over_arch_layer_sizes=settings.over_arch,
+        tables=tables,
+        log1p_features=tuple(f"int_{i}" for i in range(settings.num_dense)),
+        identity_features=(),
+        optim=settings.optim,
+        sharding=ShardingConfig(sharding_types=SHARDING_TYPES),
+        batch_size=settings.batch_size,
+        epochs=1,
+    )
+    cfg.validate()
+    counts = {table.size: settings.rows_per_table for table in tables}
+    return cfg, counts
+
+
+def make_batches(cfg: DLRMConfig, settings: DLRMBenchSettings, rank: int) -> list[CTRBatch]:
+    """``settings.total_batches`` seeded synthetic batches for one rank (each rank gets its own).
+
+    Dense values are ``log1p`` of exponential draws (non-negative, skewed, like Criteo's counts), every
+    categorical feature has one uniform id per row, labels are fair coin flips.
+    """
+    generator = torch.Generator().manual_seed(settings.seed + rank)
+    n_rows, n_dense, n_sparse = settings.batch_size, len(cfg.dense_features), len(cfg.sparse_features)
+    batches = []
+    for _ in range(settings.total_batches):
+        dense = torch.log1p(torch.empty(n_rows, n_dense).exponential_(generator=generator))
+        ids = torch.randint(0, settings.rows_per_table, (n_sparse * n_rows,), generator=generator)
+        sparse = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(cfg.sparse_features),
+            values=ids,
+            lengths=torch.ones(n_sparse * n_rows, dtype=torch.int32),
+        )
+        labels = torch.randint(0, 2, (n_rows,), generator=generator).float()
+        batches.append(CTRBatch(dense=dense, sparse=sparse, labels=labels))
+    return batches
+
+
+def _pass_through(batch: CTRBatch) -> CTRBatch:
+    return batch
+
+
+class _StepTimer(pl.Callback):
+    """Seeds the weights (``setup`` runs just before ``configure_model``) and times the post-warm-up steps."""
+
+    def __init__(self, settings: DLRMBenchSettings) -> None:
+        self.settings = settings
+        self.start = self.end = float("nan")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.manual_seed(self.settings.seed)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == self.settings.warmup_batches:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == self.settings.total_batches - 1:
+            self.end = time.perf_counter()
+
+
+def _train_lightning(
+    cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
+) -> tuple[float, nn.Module]:
+    """``(timed seconds, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
+    timer = _StepTimer(settings)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=int(os.environ["WORLD_SIZE"]),
+        strategy=TorchRecStrategy(),
+        max_steps=settings.total_batches,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        # Each rank trains on its own batches, in order: no DistributedSampler (it would shuffle them).
+        use_distributed_sampler=False,
+        callbacks=[timer],
+    )
+    module = DLRMLitModule(cfg, counts)
+    loader: DataLoader[CTRBatch] = DataLoader(
+        batches,  # type: ignore[arg-type]
+        batch_size=None,
+        collate_fn=_pass_through,  # type: ignore[arg-type]
+    )
+    trainer.fit(module, loader)
+    assert module.model is not None
+    return timer.end - timer.start, module.model
+
+
+def _train_torchrec(
+    cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
+) -> tuple[float, nn.Module]:
+    """``(timed seconds, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
+    dist.init_process_group(backend=GLOO)
+    torch.manual_seed(settings.seed)
+    model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
+    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    dense_lr = cfg.optim.dense_lr
+    dense = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=dense_lr))
+    optimizer = CombinedOptimizer([model.fused_optimizer, dense])
+    model.train()
+    start = float("nan")
+    for index, batch in enumerate(batches):
+        if index == settings.warmup_batches:
+            start = time.perf_counter()
+        loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        loss.backward()  # type: ignore[no-untyped-call]  # also updates the tables (fused row-wise Adagrad)
+        optimizer.step()
+        optimizer.zero_grad()
+    return time.perf_counter() - start, model
+
+
+def local_state(model: nn.Module) -> ModelState:
+    """This rank's part of ``model.state_dict()`` as plain tensors (see ``ModelState``); picklable."""
+    state: ModelState = {}
+    for key, value in model.state_dict().items():
+        if hasattr(value, "local_shards"):
+            state[key] = [
+                (list(s.metadata.shard_offsets), s.tensor.detach().clone()) for s in value.local_shards()
+            ]
+        elif isinstance(value, torch.Tensor):
+            state[key] = [([0] * value.dim(), value.detach().clone())]
+    return state
+
+
+def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[str, Any]:
+    """One rank of one measurement: ``{"seconds": timed seconds, "state": ModelState or None}``."""
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # Same threads for both engines: the cores split among the ranks (Lightning sets none under torchelastic).
+    threads = max(1, (os.cpu_count() or 1) // world_size)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    cfg, counts = bench_model_config(settings)
+    batches = make_batches(cfg, settings, rank)
+    train = _train_lightning if engine == LIGHTNING else _train_torchrec
+    seconds, model = train(cfg, counts, batches, settings)
+    state = local_state(model) if keep_state else None
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return {"seconds": seconds, "state": state}
+
+
+def measure(
+    engine: str, world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
+) -> dict[int, dict[str, Any]]:
+    """Train with ``engine`` (``"lightning"`` or ``"torchrec"``) in ``world_size`` fresh processes.
+
+    Args:
+        engine: ``LIGHTNING`` or ``TORCHREC``.
+        world_size: processes (gloo ranks) to start.
+        settings: workload.
+        keep_state: also return each rank's trained weights (``ModelState``), e.g. to compare engines.
+
+    Returns:
+        ``{rank: {"seconds": timed seconds of that rank, "state": ModelState or None}}``.
+
+    Raises:
+        ValueError: for an unknown engine.
+    """
+    if engine not in (LIGHTNING, TORCHREC):
+        raise ValueError(f"engine {engine!r}; choose {LIGHTNING!r} or {TORCHREC!r}.")
+    with tempfile.TemporaryDirectory(prefix="dlrm-bench-") as folder:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=world_size,
+            run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d",
+            rdzv_endpoint=str(Path(folder) / "rdzv"),
+            rdzv_configs={"store_type": "file"},
+            start_method="spawn",
+            max_restarts=0,
+        )
+        results: dict[int, dict[str, Any]] = elastic_launch(config, entrypoint=_worker)(
+            engine, settings, keep_state
+        )
+    return results
+
+
+def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Samples/s of the Lightning loop and of the plain TorchRec loop for each ``bench.dlrm.world_sizes``.
+
+    Args:
+        cfg: the plain root config (``to_plain(compose(...))``); reads ``bench.dlrm`` and ``seed``.
+
+    Returns:
+        ``{"params": workload, "timings": [{"engine", "step", "seconds", "samples_per_s", "ratio"}, ...],
+        "ratios": {"<world size>": lightning samples/s / torchrec samples/s}}``; samples count the rows of
+        the timed batches of all ranks, seconds are rank 0's.
+    """
+    settings = DLRMBenchSettings.from_config(cfg)
+    timings: list[dict[str, Any]] = []
+    ratios: dict[str, float] = {}
+    for world_size in settings.world_sizes:
+        samples = settings.batch_size * settings.num_batches * world_size
+        seconds = {
+            engine: measure(engine, world_size, settings)[0]["seconds"] for engine in (LIGHTNING, TORCHREC)
+        }
+        speed = {engine: samples / s for engine, s in seconds.items()}
+        ratio = speed[LIGHTNING] / speed[TORCHREC]
+        ratios[str(world_size)] = ratio
+        for engine in (LIGHTNING, TORCHREC):
+            timings.append(
+                {
+                    "engine": engine,
+                    "step": f"train {world_size} proc",
+                    "seconds": seconds[engine],
+                    "samples_per_s": speed[engine],
+                    "ratio": ratio if engine == LIGHTNING else 1.0,
+                }
+            )
+    params = {**asdict(settings), "cpus": os.cpu_count()}
+    params["optim"] = asdict(settings.optim)
+    return {"params": params, "timings": timings, "ratios": ratios}

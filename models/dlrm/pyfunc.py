@@ -1,0 +1,246 @@
+"""The DLRM ranker as an MLflow pyfunc: CTR feature rows in, click probabilities out.
+
+Shapes: B rows. The pyfunc holds an *unsharded* ``DLRMRanker`` on the CPU, rebuilt from three artifacts:
+
+- ``config``: the ``model`` section (JSON, the ``conf/model/dlrm*.yaml`` layout read by
+  ``DLRMConfig.from_mapping``);
+- ``counts``: the manifest counts that size the tables (JSON);
+- ``state_dict``: a plain ``torch.save`` of full tensors whose keys are those of ``DLRMRanker.state_dict()``.
+
+The state dict comes from the trained ``DistributedModelParallel``: DMP's ``state_dict()`` already strips its
+``_dmp_wrapped_module.`` / DDP ``module.`` prefixes, so its keys equal the plain ranker's; only the sharded
+tables (``ShardedTensor`` / ``DTensor``) must be turned into full tensors. In a single-process run every shard
+is local and is copied into place (:func:`unsharded_state_dict`). With several processes each rank holds only
+its shards: the tables must first be gathered (e.g. ``torch.distributed.checkpoint.state_dict.
+get_model_state_dict(..., options=StateDictOptions(full_state_dict=True))`` or ``ShardedTensor.gather`` on
+every rank); :func:`unsharded_state_dict` refuses partial tables rather than writing zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
+from torch.distributed.tensor import DTensor
+
+from models.dlrm.config import DLRMConfig
+from models.dlrm.data import CTRBatchBuilder
+from models.dlrm.module import DLRMLitModule
+from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
+from recsys.schema import LABEL
+
+SCORE = "score"
+ARTIFACT_CONFIG = "config"
+ARTIFACT_COUNTS = "counts"
+ARTIFACT_STATE = "state_dict"
+MODEL_NAME = "dlrm"
+PYFUNC_SOURCE = Path("<pyfunc input>")
+"""Named as the rows' source in the batch builder's error messages."""
+
+
+def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
+    """The ``conf/model/dlrm*.yaml`` layout of ``cfg``; ``DLRMConfig.from_mapping`` of it gives ``cfg``."""
+    return {
+        "name": cfg.name,
+        "interaction": cfg.interaction,
+        "embedding_dim": cfg.embedding_dim,
+        "dense_arch_layer_sizes": list(cfg.dense_arch_layer_sizes),
+        "over_arch_layer_sizes": list(cfg.over_arch_layer_sizes),
+        "tables": [
+            {
+                "name": t.name,
+                "features": list(t.features),
+                "size": t.size,
+                "pooling": t.pooling,
+                "max_rows": t.max_rows,
+            }
+            for t in cfg.tables
+        ],
+        "dense_features": {"log1p": list(cfg.log1p_features), "identity": list(cfg.identity_features)},
+        "optim": {"dense_lr": cfg.optim.dense_lr, "sparse_lr": cfg.optim.sparse_lr, "eps": cfg.optim.eps},
+        "sharding": {
+            "sharding_types": list(cfg.sharding.sharding_types),
+            "constraints": dict(cfg.sharding.constraints),
+            "hbm_cap_gib": cfg.sharding.hbm_cap_gib,
+        },
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "dcn_num_layers": cfg.dcn_num_layers,
+        "dcn_low_rank_dim": cfg.dcn_low_rank_dim,
+        "shuffle_buffer_rows": cfg.shuffle_buffer_rows,
+    }
+
+
+def _full_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A full CPU copy of one state-dict entry (plain tensor, ``DTensor`` or local-only ``ShardedTensor``)."""
+    if isinstance(value, DTensor):
+        return value.full_tensor().detach().cpu().clone()
+    if hasattr(value, "local_shards"):
+        full = torch.zeros(value.size(), dtype=value.dtype)
+        covered = 0
+        for shard in value.local_shards():
+            index = tuple(
+                slice(offset, offset + length)
+                for offset, length in zip(
+                    shard.metadata.shard_offsets, shard.metadata.shard_sizes, strict=True
+                )
+            )
+            full[index] = shard.tensor.detach().cpu()
+            covered += shard.tensor.numel()
+        if covered != full.numel():
+            raise RuntimeError(
+                f"{name}: this process holds {covered} of {full.numel()} values; gather the sharded tables "
+                "(multi-process training) before exporting the ranker."
+            )
+        return full
+    return value.detach().cpu().clone()
+
+
+def unsharded_state_dict(module: DLRMLitModule) -> dict[str, torch.Tensor]:
+    """Full-tensor state dict of the trained ranker, loadable by a plain CPU ``DLRMRanker``.
+
+    Args:
+        module: a trained module whose DMP holds every shard (single-process training).
+
+    Returns:
+        ``{DLRMRanker state-dict key: full CPU tensor}`` (tables ``[rows, D]``, MLP weights and biases).
+
+    Raises:
+        RuntimeError: the module has no model yet, or a table is only partly held by this process.
+    """
+    if module.model is None:
+        raise RuntimeError("DLRMLitModule.configure_model() has not run: nothing to export.")
+    return {name: _full_tensor(name, value) for name, value in module.model.state_dict().items()}
+
+
+def build_cpu_ranker(
+    cfg: DLRMConfig, counts: Mapping[str, int], state: Mapping[str, torch.Tensor]
+) -> DLRMRanker:
+    """A non-distributed ``DLRMRanker`` on the CPU with ``state`` loaded (strictly: every key must match)."""
+    cpu = torch.device("cpu")
+    ranker = DLRMRanker(cfg, build_embedding_bag_collection(cfg, counts, cpu), dense_device=cpu)
+    ranker.load_state_dict(dict(state), strict=True)
+    return ranker.eval()
+
+
+def rows_to_arrow(rows: pd.DataFrame, cfg: DLRMConfig) -> pa.Table:
+    """The configured columns of ``rows`` as Arrow with the types the batch builder expects.
+
+    Scalar ids become int64, id lists list<int64>, dense features float64 (NaN / None -> null); a missing
+    ``label`` column becomes zeros (scores do not depend on it).
+
+    Args:
+        rows: ``B`` CTR rows with (at least) the columns the config names.
+        cfg: model config naming the columns.
+
+    Returns:
+        Arrow table of ``B`` rows.
+    """
+    arrays: dict[str, pa.Array] = {}
+    for name in cfg.sparse_features:
+        if name not in rows.columns:
+            continue
+        column = pa.array(rows[name], from_pandas=True)
+        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        arrays[name] = column.cast(pa.list_(pa.int64()) if is_list else pa.int64())
+    for name in cfg.dense_features:
+        if name in rows.columns:
+            arrays[name] = pa.array(rows[name], from_pandas=True).cast(pa.float64())
+    labels = rows[LABEL] if LABEL in rows.columns else np.zeros(len(rows), dtype=np.float64)
+    arrays[LABEL] = pa.array(labels, from_pandas=True).cast(pa.float64())
+    return pa.table(arrays)
+
+
+class DLRMScorer(PythonModel):
+    """MLflow pyfunc: ``predict(DataFrame of B CTR rows) -> DataFrame({"score": [B] probabilities})``.
+
+    Artifacts: ``config`` (model section JSON), ``counts`` (manifest counts JSON), ``state_dict``
+    (``torch.save`` of the unsharded ranker). Rows go through ``CTRBatchBuilder`` once per call (no per-row
+    Python), so the pyfunc scores exactly what offline evaluation scores.
+    """
+
+    def load_context(self, context: Any) -> None:
+        config = json.loads(Path(context.artifacts[ARTIFACT_CONFIG]).read_text())
+        self.counts: dict[str, int] = {
+            str(k): int(v)
+            for k, v in json.loads(Path(context.artifacts[ARTIFACT_COUNTS]).read_text()).items()
+        }
+        self.config = DLRMConfig.from_mapping(config)
+        state = torch.load(context.artifacts[ARTIFACT_STATE], map_location="cpu", weights_only=True)
+        self.ranker = build_cpu_ranker(self.config, self.counts, state)
+        self.builder = CTRBatchBuilder(self.config, PYFUNC_SOURCE)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Score ``B`` rows.
+
+        Args:
+            context: unused (artifacts were read in ``load_context``).
+            model_input: ``B`` CTR rows: ids as ints, id lists as lists, numeric statistics.
+            params: unused.
+
+        Returns:
+            ``DataFrame`` with one float column ``score`` ``[B]`` in (0, 1).
+        """
+        batch = self.builder(rows_to_arrow(model_input, self.config))
+        with torch.no_grad():
+            scores = torch.sigmoid(self.ranker(batch))
+        return pd.DataFrame({SCORE: scores.double().numpy()})
+
+
+def save_artifacts(
+    module: DLRMLitModule, cfg: DLRMConfig, counts: Mapping[str, int], folder: Path
+) -> dict[str, str]:
+    """Write the three artifacts into ``folder`` and return ``{artifact name: path}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        ARTIFACT_CONFIG: folder / "model_config.json",
+        ARTIFACT_COUNTS: folder / "counts.json",
+        ARTIFACT_STATE: folder / "ranker_state_dict.pt",
+    }
+    paths[ARTIFACT_CONFIG].write_text(json.dumps(config_to_mapping(cfg), indent=2, sort_keys=True))
+    paths[ARTIFACT_COUNTS].write_text(json.dumps({str(k): int(v) for k, v in counts.items()}, sort_keys=True))
+    torch.save(unsharded_state_dict(module), paths[ARTIFACT_STATE])
+    return {name: str(path) for name, path in paths.items()}
+
+
+def log_dlrm(
+    module: DLRMLitModule, cfg: DLRMConfig, counts: Mapping[str, int], example_rows: pd.DataFrame
+) -> ModelInfo:
+    """Log the ranker pyfunc (artifacts, signature, input example) into the active MLflow run.
+
+    Args:
+        module: trained single-process module (see :func:`unsharded_state_dict`).
+        cfg: its model config.
+        counts: the manifest counts its tables were sized from.
+        example_rows: a few CTR rows used as input example and to infer the signature.
+
+    Returns:
+        The ``ModelInfo`` of the logged model (``model_uri`` for ``mlflow.pyfunc.load_model``/registry).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = save_artifacts(module, cfg, counts, Path(tmp))
+        # A loaded copy predicts the example; a fresh one is pickled (weights travel only as artifacts).
+        loaded = DLRMScorer()
+        loaded.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
+        signature = infer_signature(example_rows, loaded.predict(None, example_rows))
+        info: ModelInfo = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=DLRMScorer(),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example_rows,
+        )
+    return info

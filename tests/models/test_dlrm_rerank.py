@@ -1,0 +1,136 @@
+"""Two-stage evaluation: point-in-time CTR features of (user, candidate) rows on a hand-written event table
+and against the features stage's own CTR rows, then retrieval + DLRM re-ranking on synthetic features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pytest
+from pyspark.sql import SparkSession
+
+from models.dlrm.module import DLRMLitModule
+from models.dlrm.rerank import (
+    TwoStageResult,
+    event_labels,
+    point_in_time_features,
+    rerank,
+    two_stage_evaluation,
+)
+from recsys.jobs import run_evaluate
+from recsys.schema import ITEM_ID, ITEM_IDX, LABEL, RATING, SPLIT, TIMESTAMP, USER_IDX
+from recsys.tables import read_arrow
+from tests.models.test_dlrm_pyfunc import build_features, compose_cfg, ctr_folder, train_tiny
+
+RECENT = 2
+STATS = (
+    "user_count_before",
+    "user_positives_before",
+    "user_ctr_before",
+    "item_count_before",
+    "item_positives_before",
+    "item_ctr_before",
+)
+
+# user, item, timestamp, label; user 10 has two events at t=200 (tie broken by item_id "i6" < "i7").
+EVENTS = pd.DataFrame(
+    [(10, 5, 100, 1), (10, 6, 200, 0), (10, 7, 200, 1), (10, 8, 300, 1), (11, 5, 150, 0), (11, 6, 300, 1)],
+    columns=[USER_IDX, ITEM_IDX, TIMESTAMP, LABEL],
+).assign(**{ITEM_ID: lambda f: "i" + f[ITEM_IDX].astype(str)})
+
+# query (user, item, time) -> user count, positives, ctr, item count, positives, ctr, recent items.
+EXPECTED: list[tuple[tuple[int, int, int], tuple[Any, ...]]] = [
+    ((10, 5, 200), (1, 1, 1.0, 2, 1, 0.5, [5])),
+    ((10, 6, 300), (3, 2, 2 / 3, 1, 0, 0.0, [6, 7])),
+    ((10, 8, 300), (3, 2, 2 / 3, 0, 0, None, [6, 7])),
+    ((11, 8, 100), (0, 0, None, 0, 0, None, [])),
+    ((12, 5, 1000), (0, 0, None, 2, 1, 0.5, [])),
+    ((10, 9, 50), (0, 0, None, 0, 0, None, [])),
+    ((10, 6, 301), (4, 3, 0.75, 2, 1, 0.5, [7, 8])),
+]
+
+
+def test_point_in_time_features_count_only_strictly_earlier_events() -> None:
+    queries = np.array([q for q, _ in EXPECTED], dtype=np.int64)
+    table = point_in_time_features(EVENTS, queries[:, 0], queries[:, 1], queries[:, 2], RECENT)
+    rows = table.to_pylist()
+    for row, (query, expected) in zip(rows, EXPECTED, strict=True):
+        assert (row[USER_IDX], row[ITEM_IDX], row[TIMESTAMP]) == query
+        got = (*(row[s] for s in STATS), row["recent_item_idx"])
+        assert got[:2] == expected[:2] and got[3:5] == expected[3:5] and got[6] == expected[6], query
+        for value, want in ((got[2], expected[2]), (got[5], expected[5])):
+            assert value == pytest.approx(want) if want is not None else value is None, query
+
+
+def test_event_labels_follow_the_features_rule() -> None:
+    events = pd.DataFrame({LABEL: [None, None, None, 0], RATING: [4.5, 3.0, None, 5.0]})
+    assert event_labels(events, 4.0).tolist() == [1, 0, 1, 0]
+
+
+def test_rerank_is_a_stable_permutation_with_padding_last() -> None:
+    candidates = np.array([[4, 7, 9, -1], [3, 2, 5, 6]])
+    scores = np.array([[0.1, 0.9, 0.1, 0.0], [0.2, 0.2, 0.8, -np.inf]], dtype=np.float32)
+    assert rerank(candidates, scores).tolist() == [[7, 4, 9, -1], [5, 3, 2, 6]]
+
+
+@pytest.fixture(scope="module")
+def setup(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], DLRMLitModule]:
+    root = tmp_path_factory.mktemp("dlrm-rerank")
+    cfg = build_features(spark, root)
+    run_evaluate(compose_cfg(root, "model=puresvd"))
+    return cfg, train_tiny(cfg)
+
+
+def test_features_match_the_ctr_output(setup: tuple[dict[str, Any], DLRMLitModule]) -> None:
+    """The features stage's rows (all are events: synthetic data is rated) at their own timestamps."""
+    cfg, _ = setup
+    features = ctr_folder(cfg).parent
+    events = read_arrow(features / "split").to_pandas()
+    events[LABEL] = event_labels(events, float(cfg["features"]["ctr"]["rating_threshold"]))
+    ctr = read_arrow(ctr_folder(cfg))
+    ctr = ctr.sort_by([(USER_IDX, "ascending"), (TIMESTAMP, "ascending"), (ITEM_IDX, "ascending")])
+    ours = point_in_time_features(
+        events,
+        ctr[USER_IDX].to_numpy(),
+        ctr[ITEM_IDX].to_numpy(),
+        ctr[TIMESTAMP].to_numpy(),
+        int(cfg["features"]["ctr"]["recent_items"]),
+    )
+    for name in STATS:
+        np.testing.assert_allclose(
+            pc.fill_null(ours[name], -1).to_numpy(), pc.fill_null(ctr[name], -1).to_numpy(), err_msg=name
+        )
+    # Without same-second events of a user the recent bags are identical.
+    keys = ctr.select([USER_IDX, TIMESTAMP]).to_pandas()
+    unique = ~keys.duplicated(keep=False).to_numpy()
+    expected = [list(v) for v, u in zip(ctr["recent_item_idx"].to_pylist(), unique, strict=True) if u]
+    got = [list(v) for v, u in zip(ours["recent_item_idx"].to_pylist(), unique, strict=True) if u]
+    assert unique.mean() > 0.5 and got == expected
+
+
+def test_two_stage_evaluation_reranks_candidates(setup: tuple[dict[str, Any], DLRMLitModule]) -> None:
+    cfg, module = setup
+    result: TwoStageResult = two_stage_evaluation(cfg, module)
+    assert 0.0 <= result.retrieval_ndcg_at_10 <= 1.0 and 0.0 <= result.reranked_ndcg_at_10 <= 1.0
+    assert result.candidates.shape == (result.users.size, int(cfg["evaluation"]["candidates_k"]))
+    for before, after in zip(result.candidates, result.reranked, strict=True):
+        assert sorted(before.tolist()) == sorted(after.tolist())
+    # Re-ranked lists are in descending ranker score.
+    position = {}
+    for row, (items, scores) in enumerate(zip(result.candidates, result.ranker_scores, strict=True)):
+        position.update({(row, int(i)): float(s) for i, s in zip(items, scores, strict=True) if i >= 0})
+    for row, items in enumerate(result.reranked):
+        ordered = [position[(row, int(i))] for i in items if i >= 0]
+        assert ordered == sorted(ordered, reverse=True)
+    # History items are never candidates; test items are.
+    split = read_arrow(ctr_folder(cfg).parent / "split").to_pandas()
+    seen = split[split[SPLIT] != "test"].groupby(USER_IDX)[ITEM_IDX].apply(set)
+    for user, items in zip(result.users, result.candidates, strict=True):
+        assert not set(items.tolist()) & seen.get(user, set())
+    assert 0.0 < result.candidate_recall <= 1.0
+    for table in (result.retrieval_metrics, result.reranked_metrics):
+        assert {"ndcg", "recall"} <= set(table["metric"]) and 10 in set(table["k"])
