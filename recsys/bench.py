@@ -54,7 +54,7 @@ def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
             r["step"],
             f"{r['seconds']:.2f}",
             f"{r['samples_per_s']:.0f}" if "samples_per_s" in r else "",
-            r.get("ratio", ""),
+            f"{r['ratio']:.3f}" if isinstance(r.get("ratio"), float) else r.get("ratio", ""),
         )
         for r in results["timings"]
     ]
