@@ -19,7 +19,6 @@ from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.pyfunc import SCORE, config_to_mapping, log_dlrm, unsharded_state_dict
-from models.dlrm.strategy import TorchRecStrategy
 from recsys.config import compose, to_plain
 from recsys.schema import LABEL
 from recsys.tables import read_arrow
@@ -27,6 +26,7 @@ from recsys.tracking.runs import configure
 from tests.conftest import spark_overrides
 from tests.helpers.dlrm import synthetic_tables
 from tests.helpers.runs import ingest_and_features
+from tests.models.test_dlrm_network import make_trainer
 
 SYNTHETIC = ["data=synthetic", "data.num_users=60", "data.num_items=40", "data.num_events=1500"]
 TRAIN_STEPS = 6
@@ -62,18 +62,7 @@ def train_tiny(cfg: dict[str, Any]) -> DLRMLitModule:
     pl.seed_everything(SEED)
     datamodule = CTRDataModule(ctr_folder(cfg), model_cfg, seed=SEED)
     module = DLRMLitModule(model_cfg, datamodule.counts)
-    trainer = pl.Trainer(
-        max_steps=TRAIN_STEPS,
-        accelerator="cpu",
-        devices=1,
-        strategy=TorchRecStrategy(),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = make_trainer(TRAIN_STEPS, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return module
 

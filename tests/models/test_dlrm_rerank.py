@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
+from features.ctr import STAT_COLUMNS
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.rerank import (
     TwoStageResult,
@@ -25,14 +26,7 @@ from recsys.tables import read_arrow
 from tests.models.test_dlrm_pyfunc import build_features, compose_cfg, ctr_folder, train_tiny
 
 RECENT = 2
-STATS = (
-    "user_count_before",
-    "user_positives_before",
-    "user_ctr_before",
-    "item_count_before",
-    "item_positives_before",
-    "item_ctr_before",
-)
+STATS = STAT_COLUMNS
 
 # user, item, timestamp, label; user 10 has two events at t=200 (tie broken by item_id "i6" < "i7").
 EVENTS = pd.DataFrame(
