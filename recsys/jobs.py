@@ -19,6 +19,7 @@ from recsys.offline import (
     evaluate_dir,
     features_dir,
     fit_and_evaluate,
+    load_interactions,
     print_metrics,
     write_evaluation,
 )
@@ -76,8 +77,6 @@ class IndexResult:
 def run_index(cfg: Mapping[str, Any]) -> IndexResult:
     """FAISS index over the evaluated model's item vectors, candidates for every user, and the retriever
     pyfunc registered (challenger, champion only through the promotion gate)."""
-    from recsys.offline import load_interactions
-
     model = str(cfg["model"]["name"])
     evaluated = evaluate_dir(cfg)
     info = read_manifest(evaluated)
