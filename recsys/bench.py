@@ -3,6 +3,7 @@ reference engine measured in the same run, because absolute seconds on shared ma
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -30,24 +31,22 @@ def save_results(out_dir: str | Path, name: str, results: Mapping[str, Any]) -> 
     return path
 
 
+# name -> ("module:function" returning the results dict, the reference engine the ratios are against).
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "features": ("features.bench:run_features_bench", "duckdb"),
+    "retrieval": ("recsys.retrieval.bench:run_retrieval_bench", "exact (Flat)"),
+    "dlrm": ("models.dlrm.bench:run_dlrm_bench", "plain TorchRec loop"),
+    "sequential": ("models.sequential.bench:run_sequential_bench", "plain PyTorch loop"),
+    "reclora": ("models.reclora.bench:run_reclora_bench", "shared LoRA"),
+}
+
+
 def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
-    if name == "features":
-        from features.bench import run_features_bench
-
-        results = run_features_bench(cfg)
-        reference = "duckdb"
-    elif name == "retrieval":
-        from recsys.retrieval.bench import run_retrieval_bench
-
-        results = run_retrieval_bench(cfg)
-        reference = "exact (Flat)"
-    elif name == "dlrm":
-        from models.dlrm.bench import run_dlrm_bench
-
-        results = run_dlrm_bench(cfg)
-        reference = "plain TorchRec loop"
-    else:
-        raise ConfigError(f"unknown benchmark {name!r}; available: features, retrieval, dlrm.")
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}.")
+    spec, reference = BENCHMARKS[name]
+    module_name, function_name = spec.split(":")
+    results: dict[str, Any] = getattr(importlib.import_module(module_name), function_name)(cfg)
     rows = [
         (
             r["engine"],

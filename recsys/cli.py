@@ -8,6 +8,7 @@ bug: exit code 1, with the traceback when ``RECSYS_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -16,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from recsys.bench import BENCHMARKS
 from recsys.config import compose, to_plain
 from recsys.console import console
 from recsys.errors import ConfigError, RecsysError
@@ -49,14 +51,37 @@ def _evaluate(cfg: DictConfig, _: argparse.Namespace) -> None:
     run_evaluate(plain)
 
 
+# model.family -> "module:function" of its training entry point. Imported lazily: each family pulls in
+# heavy libraries (TorchRec, transformers) that other commands never need.
+TRAINERS: dict[str, str] = {
+    "dlrm": "models.dlrm.train:run_train",
+    "sequential": "models.sequential.train:run_train",
+    "reclora": "models.reclora.train:run_train",
+}
+
+
+def _entry_point(spec: str) -> Callable[..., Any]:
+    module_name, function_name = spec.split(":")
+    function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
+    return function
+
+
 def _train(cfg: DictConfig, _: argparse.Namespace) -> None:
     plain = to_plain(cfg)
-    if plain["model"]["family"] != "dlrm":
-        raise ConfigError(f"recsys train supports model=dlrm so far, not model={plain['model']['name']}.")
-    from models.dlrm.train import run_train
-
+    family = plain["model"].get("family")
+    if family not in TRAINERS:
+        raise ConfigError(
+            f"recsys train does not train model={plain['model']['name']} (family {family!r}); "
+            f"trainable families: {', '.join(sorted(TRAINERS))}."
+        )
     _ensure_features(plain)
-    run_train(plain)
+    _entry_point(TRAINERS[family])(plain)
+
+
+def _pipeline(cfg: DictConfig, args: argparse.Namespace) -> None:
+    from pipelines.runner import run_pipeline
+
+    run_pipeline(to_plain(cfg), force=bool(args.force), from_stage=args.from_stage)
 
 
 def _index(cfg: DictConfig, _: argparse.Namespace) -> None:
@@ -87,16 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="fit a baseline, full-ranking metrics, log to MLflow")
     evaluate.add_argument("overrides", nargs="*", help="e.g. model=ease data=movielens_100k")
     evaluate.set_defaults(handler=_evaluate)
-    train = commands.add_parser("train", help="train a model (dlrm) with Lightning, log to MLflow")
+    train = commands.add_parser(
+        "train", help="train a model (dlrm, sasrec, molar, reclora) with Lightning, log to MLflow"
+    )
     train.add_argument("overrides", nargs="*", help="e.g. model=dlrm trainer=ddp_cpu")
     train.set_defaults(handler=_train)
     index = commands.add_parser("index", help="FAISS index + candidates + register the retriever pyfunc")
     index.add_argument("overrides", nargs="*", help="e.g. model=puresvd index=hnsw")
     index.set_defaults(handler=_index)
     bench = commands.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
-    bench.add_argument("name", choices=["features", "retrieval", "dlrm"])
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("overrides", nargs="*")
     bench.set_defaults(handler=_bench)
+    pipeline = commands.add_parser(
+        "pipeline", help="run the batch pipeline's stage graph (idempotent, resumable)"
+    )
+    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    pipeline_run = pipeline_commands.add_parser("run", help="run every stage that is not already done")
+    pipeline_run.add_argument("--force", action="store_true", help="redo every stage, even finished ones")
+    pipeline_run.add_argument(
+        "--from", dest="from_stage", default=None, help="redo this stage and every stage after it"
+    )
+    pipeline_run.add_argument("overrides", nargs="*", help="e.g. pipeline=daily run.date=2026-11-25")
+    pipeline_run.set_defaults(handler=_pipeline)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""RecLoRA: a language-model CTR scorer with per-user mixtures of meta-LoRAs."""

@@ -1,0 +1,1 @@
+"""Sequential retrieval models: SASRec (ID only) and the Molar-style multimodal model."""
