@@ -4,8 +4,10 @@ Workload (both engines): a Criteo-like synthetic data set (``num_dense`` log1p d
 single-id categorical features, one table of ``rows_per_table`` rows each, 0/1 labels), built in memory
 before timing. Both engines build the same sharded model (``shard_ranker``, table-wise, fused row-wise Adagrad
 for the tables, Adam for the dense part) from the same seed and train it on the same batches; only the steps
-after ``warmup_batches`` are timed. Every measurement runs in fresh processes (``elastic_launch`` with a file
-rendezvous), one per rank; each rank trains on its own batches, and rank 0's timing is reported.
+after ``warmup_batches`` are timed. Every measurement runs in fresh processes (``launch_local``), one per
+rank; each rank trains on its own batches, and rank 0's timing is reported. Each engine is measured
+``repeats`` times, alternating which goes first, and the median is reported: on a shared machine one short
+window is noise.
 
 The reported ratio is Lightning samples/s over plain-loop samples/s for each world size (1.0 = no overhead).
 """
@@ -13,9 +15,8 @@ The reported ratio is Lightning samples/s over plain-loop samples/s for each wor
 from __future__ import annotations
 
 import os
-import tempfile
+import statistics
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.utils.data import DataLoader
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -36,6 +36,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig, OptimConfig, ShardingConfig, TableSpec
+from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
@@ -66,6 +67,7 @@ class DLRMBenchSettings:
         rows_per_table: rows of every table.
         embedding_dim: width of every embedding.
         world_sizes: process counts measured.
+        repeats: measurements per engine and world size (median reported).
         seed: seed of the model weights and (offset by rank) of the synthetic batches.
         dense_hidden: dense arch hidden sizes before the final ``embedding_dim`` layer.
         over_arch: over arch sizes (ends with 1).
@@ -80,6 +82,7 @@ class DLRMBenchSettings:
     rows_per_table: int
     embedding_dim: int
     world_sizes: tuple[int, ...]
+    repeats: int
     seed: int
     dense_hidden: tuple[int, ...]
     over_arch: tuple[int, ...]
@@ -101,6 +104,7 @@ class DLRMBenchSettings:
             rows_per_table=int(bench["rows_per_table"]),
             embedding_dim=int(bench["embedding_dim"]),
             world_sizes=tuple(int(w) for w in bench["world_sizes"]),
+            repeats=int(bench["repeats"]),
             seed=int(cfg["seed"]),
             dense_hidden=tuple(int(x) for x in model["dense_arch_layer_sizes"][:-1]),
             over_arch=tuple(int(x) for x in model["over_arch_layer_sizes"]),
@@ -294,22 +298,14 @@ def measure(
     """
     if engine not in (LIGHTNING, TORCHREC):
         raise ValueError(f"engine {engine!r}; choose {LIGHTNING!r} or {TORCHREC!r}.")
-    with tempfile.TemporaryDirectory(prefix="dlrm-bench-") as folder:
-        config = LaunchConfig(
-            min_nodes=1,
-            max_nodes=1,
-            nproc_per_node=world_size,
-            run_id=str(uuid.uuid4()),
-            rdzv_backend="c10d",
-            rdzv_endpoint=str(Path(folder) / "rdzv"),
-            rdzv_configs={"store_type": "file"},
-            start_method="spawn",
-            max_restarts=0,
-        )
-        results: dict[int, dict[str, Any]] = elastic_launch(config, entrypoint=_worker)(
-            engine, settings, keep_state
-        )
+    results: dict[int, dict[str, Any]] = launch_local(_worker, world_size, engine, settings, keep_state)
     return results
+
+
+def engine_order(repeat: int) -> tuple[str, str]:
+    """Which engine runs first in this repeat: alternating, so a machine that slows down (or warms up) over
+    the run penalises both engines equally instead of always the second one."""
+    return (LIGHTNING, TORCHREC) if repeat % 2 == 0 else (TORCHREC, LIGHTNING)
 
 
 def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,30 +316,39 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"params": workload, "timings": [{"engine", "step", "seconds", "samples_per_s", "ratio"}, ...],
-        "ratios": {"<world size>": lightning samples/s / torchrec samples/s}}``; samples count the rows of
-        the timed batches of all ranks, seconds are rank 0's.
+        "ratios": {"<world size>": lightning samples/s / torchrec samples/s},
+        "ratios_per_repeat": {"<world size>": [the same ratio for each repeat]}}``; samples count the rows of
+        the timed batches of all ranks, seconds are rank 0's median over ``repeats`` (engines alternate
+        which runs first).
     """
     settings = DLRMBenchSettings.from_config(cfg)
     timings: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
+    repeat_ratios: dict[str, list[float]] = {}
     for world_size in settings.world_sizes:
         samples = settings.batch_size * settings.num_batches * world_size
-        seconds = {
-            engine: measure(engine, world_size, settings)[0]["seconds"] for engine in (LIGHTNING, TORCHREC)
-        }
-        speed = {engine: samples / s for engine, s in seconds.items()}
+        seconds: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
+        for repeat in range(settings.repeats):
+            for engine in engine_order(repeat):
+                seconds[engine].append(measure(engine, world_size, settings)[0]["seconds"])
+        median = {engine: statistics.median(s) for engine, s in seconds.items()}
+        speed = {engine: samples / s for engine, s in median.items()}
         ratio = speed[LIGHTNING] / speed[TORCHREC]
         ratios[str(world_size)] = ratio
+        repeat_ratios[str(world_size)] = [
+            t / lt for lt, t in zip(seconds[LIGHTNING], seconds[TORCHREC], strict=True)
+        ]
         for engine in (LIGHTNING, TORCHREC):
             timings.append(
                 {
                     "engine": engine,
                     "step": f"train {world_size} proc",
-                    "seconds": seconds[engine],
+                    "seconds": median[engine],
                     "samples_per_s": speed[engine],
                     "ratio": ratio if engine == LIGHTNING else 1.0,
+                    "seconds_per_repeat": seconds[engine],
                 }
             )
     params = {**asdict(settings), "cpus": os.cpu_count()}
     params["optim"] = asdict(settings.optim)
-    return {"params": params, "timings": timings, "ratios": ratios}
+    return {"params": params, "timings": timings, "ratios": ratios, "ratios_per_repeat": repeat_ratios}

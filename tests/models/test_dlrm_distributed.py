@@ -1,22 +1,20 @@
 """Two gloo processes on CPU: the planner spreads tables over both ranks, Lightning trains through
 ``TorchRecStrategy``, and a DCP checkpoint resumes in fresh processes to exactly the saved state.
 
-Processes are started with ``elastic_launch`` and a file rendezvous in ``tmp_path`` (STYLE 2.8), so Lightning
-sees a torchelastic environment and starts no processes itself.
+Processes are started by ``models.dlrm.launch.launch_local`` (``elastic_launch``, file rendezvous), so
+Lightning sees a torchelastic environment and starts no processes itself.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.sharding import table_ranks
 from tests.models.test_dlrm_network import COUNTS, loader, make_batches, make_config, make_trainer
@@ -27,24 +25,6 @@ WORLD_SIZE = 2
 TRAIN_STEPS = 4
 EXTRA_STEPS = 2
 TRAIN_SEED, EXTRA_SEED = 1, 99
-
-
-def launch(fn: Callable[..., Any], tmp_path: Path, *args: Any) -> dict[int, Any]:
-    """Run ``fn(*args)`` in ``WORLD_SIZE`` processes; returns ``{rank: return value}``."""
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=WORLD_SIZE,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint=str(tmp_path / f"rdzv-{uuid.uuid4().hex}"),
-        rdzv_configs={"store_type": "file"},
-        start_method="spawn",
-        monitor_interval=1,
-        max_restarts=0,
-    )
-    results: dict[int, Any] = elastic_launch(config, entrypoint=fn)(*args)
-    return results
 
 
 def _local(value: Any) -> Any:
@@ -126,8 +106,8 @@ def _flatten_optimizer(state: dict[str, Any]) -> dict[str, Any]:
 
 def test_two_process_sharded_training_resumes_exactly_from_dcp(tmp_path: Path) -> None:
     folder = str(tmp_path / "ckpt")
-    trained = launch(_worker, tmp_path, "train", folder)
-    resumed = launch(_worker, tmp_path, "resume", folder)
+    trained = launch_local(_worker, WORLD_SIZE, "train", folder)
+    resumed = launch_local(_worker, WORLD_SIZE, "resume", folder)
     ranks = sorted(trained)
     assert ranks == [0, 1]
 
