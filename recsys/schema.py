@@ -26,6 +26,8 @@ IMAGE_PATH = "image_path"
 USER_IDX = "user_idx"
 ITEM_IDX = "item_idx"
 SPLIT = "split"
+# Suffix of the optional precomputed content-vector columns of the items table (list<float>).
+EMBEDDING_SUFFIX = "_embedding"
 
 # Reserved vocabulary indices: every vocabulary starts real ids at FIRST_INDEX.
 PADDING_INDEX = 0

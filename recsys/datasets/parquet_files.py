@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from recsys.datasets.base import PARSE_ERROR, RAW, SOURCE_FILE, DataConfig, RawDataset, RawTable, with_missing
 from recsys.errors import InputError
-from recsys.schema import INTERACTIONS, ITEMS, USER_ID, USERS, TableSchema
+from recsys.schema import EMBEDDING_SUFFIX, INTERACTIONS, ITEMS, USER_ID, USERS, TableSchema
 
 
 def _parquet_files(location: Path) -> list[Path]:
@@ -64,7 +64,9 @@ def read_folder(spark: SparkSession, folder: Path) -> RawDataset:
     items_location = _find(folder, "items")
     if items_location is not None:
         items, item_files = _read_table(spark, items_location, ITEMS)
-        tables["items"] = RawTable(ITEMS, with_missing(items, ITEMS), tuple(item_files))
+        # Precomputed content vectors (DESIGN: optional ``*_embedding`` list<float> columns) travel on.
+        embeddings = tuple(c for c in items.columns if c.endswith(EMBEDDING_SUFFIX))
+        tables["items"] = RawTable(ITEMS, with_missing(items, ITEMS), tuple(item_files), embeddings)
     users_location = _find(folder, "users")
     if users_location is not None:
         users, user_files = _read_table(spark, users_location, USERS)
