@@ -37,7 +37,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig, OptimConfig, ShardingConfig, TableSpec
 from models.dlrm.launch import launch_local
-from models.dlrm.module import DLRMLitModule
+from models.dlrm.module import DLRMLitModule, dense_optimizer_factory
 from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
 from recsys.config import conf_dir
@@ -234,8 +234,7 @@ def _train_torchrec(
     torch.manual_seed(settings.seed)
     model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_lr = cfg.optim.dense_lr
-    dense = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=dense_lr))
+    dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg))
     optimizer = CombinedOptimizer([model.fused_optimizer, dense])
     model.train()
     start = float("nan")

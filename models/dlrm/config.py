@@ -39,6 +39,9 @@ class OptimConfig:
     dense_lr: float
     sparse_lr: float
     eps: float
+    # L2 penalty of the dense part (Adam's weight_decay). None for the tables: FBGEMM's CPU row-wise Adagrad
+    # kernel accepts weight_decay but does not apply it (checked: identical tables with and without).
+    dense_weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class DLRMConfig:
     dcn_num_layers: int = 3
     dcn_low_rank_dim: int = 64
     shuffle_buffer_rows: int | None = None
+    early_stopping_patience: int | None = None
 
     @property
     def sparse_features(self) -> tuple[str, ...]:
@@ -98,7 +102,10 @@ class DLRMConfig:
             log1p_features=tuple(str(f) for f in dense.get("log1p") or ()),
             identity_features=tuple(str(f) for f in dense.get("identity") or ()),
             optim=OptimConfig(
-                float(m["optim"]["dense_lr"]), float(m["optim"]["sparse_lr"]), float(m["optim"]["eps"])
+                float(m["optim"]["dense_lr"]),
+                float(m["optim"]["sparse_lr"]),
+                float(m["optim"]["eps"]),
+                dense_weight_decay=float(m["optim"].get("dense_weight_decay", 0.0)),
             ),
             sharding=ShardingConfig(
                 sharding_types=tuple(str(s) for s in m["sharding"]["sharding_types"]),
@@ -114,6 +121,9 @@ class DLRMConfig:
             shuffle_buffer_rows=None
             if m.get("shuffle_buffer_rows") is None
             else int(m["shuffle_buffer_rows"]),
+            early_stopping_patience=None
+            if m.get("early_stopping_patience") is None
+            else int(m["early_stopping_patience"]),
         )
         cfg.validate()
         return cfg

@@ -8,7 +8,7 @@ restored together. Use it with ``models.dlrm.strategy.TorchRecStrategy``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -44,6 +44,16 @@ def first_ids(kjt: KeyedJaggedTensor, key: str) -> torch.Tensor:
     present = lengths > 0
     ids[present] = jagged.values()[offsets[present]].to(torch.int64)
     return ids
+
+
+def dense_optimizer_factory(cfg: DLRMConfig) -> Callable[[Any], torch.optim.Optimizer]:
+    """Adam for the dense (non-table) weights; shared with the benchmark's plain loop so both train alike."""
+    lr, weight_decay = cfg.optim.dense_lr, cfg.optim.dense_weight_decay
+
+    def make(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+    return make
 
 
 class DLRMLitModule(pl.LightningModule):
@@ -105,8 +115,7 @@ class DLRMLitModule(pl.LightningModule):
         """
         model = self._dmp()
         dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-        dense_lr = self.cfg.optim.dense_lr
-        dense = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=dense_lr))
+        dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(self.cfg))
         return CombinedOptimizer([model.fused_optimizer, dense])
 
     def _collect(self, stage: str, batch: CTRBatch) -> None:

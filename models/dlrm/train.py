@@ -3,6 +3,8 @@ tests it, and logs curves and AUC / GAUC / LogLoss into one MLflow run."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import mlflow
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
 from models.dlrm.config import DLRMConfig
@@ -27,6 +30,8 @@ from recsys.tracking.runs import tracked_run
 
 CTR_OUTPUT = "ctr"
 PROMOTION_METRIC = "test/auc"
+MONITOR = "val/auc"
+"""Validation metric that picks the best epoch (restored before testing) and drives early stopping."""
 RETRIEVER = "puresvd"
 # Rows of the CTR output stored as the pyfunc's input example.
 EXAMPLE_ROWS = 5
@@ -68,14 +73,20 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             tracking_uri=str(cfg["tracking"]["tracking_uri"]),
             run_id=run.info.run_id,
         )
+        checkpoints = checkpoint_dir(cfg, model_cfg)
+        best = ModelCheckpoint(dirpath=checkpoints, monitor=MONITOR, mode="max", save_top_k=1)
+        callbacks: list[pl.Callback] = [ReshuffleEachEpoch(datamodule), best]
+        if model_cfg.early_stopping_patience is not None:
+            callbacks.append(
+                EarlyStopping(monitor=MONITOR, mode="max", patience=model_cfg.early_stopping_patience)
+            )
         trainer = pl.Trainer(
             accelerator=str(trainer_cfg["accelerator"]),
             devices=int(trainer_cfg["devices"]),
             strategy=TorchRecStrategy(),
             max_epochs=model_cfg.epochs,
             logger=logger,
-            callbacks=[ReshuffleEachEpoch(datamodule)],
-            enable_checkpointing=False,
+            callbacks=callbacks,
             check_val_every_n_epoch=int(trainer_cfg["check_val_every_n_epoch"]),
             limit_train_batches=trainer_cfg["limit_train_batches"],
             limit_val_batches=trainer_cfg["limit_val_batches"],
@@ -84,8 +95,13 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             enable_model_summary=False,
         )
         trainer.fit(module, datamodule=datamodule)
-        [test] = trainer.test(module, datamodule=datamodule, verbose=False)
+        # The sharded (DCP) checkpoint of the best validation epoch, loaded in place on every rank.
+        best_path = best.best_model_path or None
+        [test] = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         metrics = {str(k): float(v) for k, v in test.items()}
+        if best.best_model_score is not None:
+            metrics["best/val_auc"] = float(best.best_model_score)
+            logger.log_metrics({"best/val_auc": metrics["best/val_auc"]})
         rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
         if trainer.world_size == 1:
             registration = _register(cfg, module, model_cfg, datamodule, folder, run.info.run_id)
@@ -96,6 +112,16 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
     return TrainResult(run.info.run_id, metrics, trainer, module)
+
+
+def checkpoint_dir(cfg: Mapping[str, Any], model_cfg: DLRMConfig) -> Path:
+    """``<root>/<date>/train/<model>/checkpoints``, emptied first: a stale best epoch from an earlier run on
+    this snapshot must never be restored into this one. Every rank computes the same folder."""
+    root = Path(cfg["paths"]["root"]).resolve()
+    folder = stage_dir(root, str(cfg["run"]["date"]), "train") / model_cfg.name / "checkpoints"
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 def _register(
