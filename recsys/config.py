@@ -40,12 +40,27 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
+    variant = _model_variant(cfg)
+    if variant is not None:
+        # e.g. `model=dlrm data=criteo`: the Criteo columns need the dlrm_criteo table mapping.
+        kept = [o for o in overrides or [] if not o.lstrip("+~").startswith("model=")]
+        return compose([*kept, f"model={variant}"], config_name)
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"config value(s) {', '.join(missing)} must be set, e.g. `recsys features {missing[0]}=...`."
         )
     return cfg
+
+
+def _model_variant(cfg: DictConfig) -> str | None:
+    """The model conf that ``model.variant_for_data`` names for this data set, if any and not already it."""
+    model, data = cfg.get("model"), cfg.get("data")
+    if not isinstance(model, DictConfig) or not isinstance(data, DictConfig):
+        return None
+    variants = model.get("variant_for_data") or {}
+    variant = variants.get(data.get("name"))
+    return None if variant is None or variant == model.get("name") else str(variant)
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:

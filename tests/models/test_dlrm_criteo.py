@@ -19,7 +19,7 @@ def test_criteo_file_trains_dlrm_above_chance(spark: SparkSession, make_cfg: Any
     cfg = make_cfg(
         "data=criteo",
         f"data.path={data}",
-        "model=dlrm_criteo",
+        "model=dlrm",  # the Criteo table mapping comes from model.variant_for_data
         "trainer=cpu",
         "model.batch_size=256",
         "model.epochs=2",

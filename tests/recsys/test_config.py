@@ -47,3 +47,11 @@ def test_every_dlrm_model_file_builds_a_typed_config() -> None:
         if cfg["model"]["family"] == "dlrm":
             parsed = DLRMConfig.from_mapping(cfg["model"])
             assert parsed.sparse_features and parsed.dense_arch_layer_sizes[-1] == parsed.embedding_dim
+
+
+def test_model_variant_for_data_swaps_the_model_conf_and_keeps_its_overrides(tmp_path: Path) -> None:
+    cfg = to_plain(compose(["model=dlrm", "data=criteo", f"data.path={tmp_path}", "model.interaction=dcn"]))
+    assert cfg["model"]["name"] == "dlrm_criteo"
+    assert cfg["model"]["interaction"] == "dcn"
+    assert all(t["features"][0].startswith("cat_") for t in cfg["model"]["tables"])
+    assert to_plain(compose(["model=dlrm"]))["model"]["name"] == "dlrm"
