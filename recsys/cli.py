@@ -81,7 +81,10 @@ def _train(cfg: DictConfig, _: argparse.Namespace) -> None:
 def _pipeline(cfg: DictConfig, args: argparse.Namespace) -> None:
     from pipelines.runner import run_pipeline
 
-    run_pipeline(to_plain(cfg), force=bool(args.force), from_stage=args.from_stage)
+    # The user's overrides go to every stage's own config (the root config only carries the graph).
+    run_pipeline(
+        to_plain(cfg), force=bool(args.force), from_stage=args.from_stage, overrides=list(args.overrides)
+    )
 
 
 def _index(cfg: DictConfig, _: argparse.Namespace) -> None:
@@ -131,7 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     pipeline_run = pipeline_commands.add_parser("run", help="run every stage that is not already done")
     pipeline_run.add_argument("--force", action="store_true", help="redo every stage, even finished ones")
     pipeline_run.add_argument(
-        "--from", dest="from_stage", default=None, help="redo this stage and every stage after it"
+        "--from",
+        dest="from_stage",
+        default=None,
+        help="redo this stage and every stage that reads its outputs",
     )
     pipeline_run.add_argument("overrides", nargs="*", help="e.g. pipeline=daily run.date=2026-11-25")
     pipeline_run.set_defaults(handler=_pipeline)

@@ -1,0 +1,65 @@
+"""2-process training inside the pipeline: a ``train`` stage with ``trainer=ddp_cpu`` runs the DLRM trainer
+in two gloo processes (``launch_local``), not by Lightning re-running the pipeline's command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.markers import read_marker
+from pipelines.runner import RAN, SKIPPED, run_pipeline
+from recsys.config import compose, to_plain
+from tests.pipelines.conftest import Reference, small_overrides
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+DATE = "1998-04-23"
+# The synthetic data has one user attribute (segment) instead of MovieLens' four: tables to match it.
+TABLES = (
+    "model.tables=["
+    "{name: t_user, features: [user_idx], size: num_users, pooling: sum},"
+    "{name: t_item, features: [item_idx], size: num_items, pooling: sum},"
+    "{name: t_recent_items, features: [recent_item_idx], size: num_items, pooling: mean},"
+    "{name: t_segment, features: [segment_idx], size: num_segment, pooling: sum}]"
+)
+TRAIN_STAGE: dict[str, Any] = {
+    "kind": "train",
+    "needs": ["features"],
+    "outputs": [],
+    "metric": "test/auc",
+    "overrides": [
+        "model=dlrm",
+        "trainer=ddp_cpu",
+        TABLES,
+        "model.epochs=1",
+        "model.batch_size=32",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ],
+}
+
+
+def test_train_stage_with_ddp_cpu_runs_two_processes(reference_run: Reference) -> None:
+    overrides = small_overrides(reference_run.root)
+    cfg = to_plain(compose(["pipeline=demo", *overrides]))
+    stages = cfg["pipeline"]["stages"]
+    cfg["pipeline"]["stages"] = {
+        "ingest": stages["ingest"],
+        "features": stages["features"],
+        "train": TRAIN_STAGE,
+    }
+    run = run_pipeline(cfg, overrides=overrides)
+    statuses = {r.name: r.status for r in run.results}
+    # The published features of the reference run are reused: only training runs.
+    assert statuses == {"ingest": SKIPPED, "features": SKIPPED, "train": RAN}
+    marker = read_marker(reference_run.root / DATE, "train")
+    assert marker is not None and marker.mlflow_run_id is not None
+    assert marker.metrics["train.world_size"] == 2
+    assert 0.0 <= marker.metrics["test/auc"] <= 1.0
+    client = MlflowClient(tracking_uri=f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
+    logged = client.get_run(marker.mlflow_run_id)
+    assert logged.data.params["trainer.devices"] == "2"
+    assert logged.data.metrics["test/auc"] == pytest.approx(marker.metrics["test/auc"])
