@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ def run_index(cfg: Mapping[str, Any]) -> IndexResult:
     vectors_path = evaluated / "item_vectors.npy"
     if not vectors_path.is_file():
         raise InputError(
-            f"{evaluated}: model={model} has no item vectors to index (vector models: puresvd); "
-            f"run `recsys evaluate model=puresvd` first."
+            f"{evaluated}: model={model} has no item vectors to index "
+            f"(vector models: puresvd, sasrec, molar); run `recsys evaluate model=puresvd` or "
+            f"`recsys train model=sasrec` first."
         )
     vectors = np.load(vectors_path)
     data = load_interactions(features_dir(cfg))
@@ -98,7 +100,12 @@ def run_index(cfg: Mapping[str, Any]) -> IndexResult:
         index.save(index_dir)
     everything = (data.matrices["train"] + data.matrices["valid"] + data.matrices["test"]).tocsr()
     users = np.flatnonzero(np.diff(everything.indptr) > 0)
-    user_vectors = np.asarray(everything[users] @ vectors, dtype=np.float32)
+    if "user_vectors" in info.extra:
+        # Sequence models: the model's own user encoder over each full, ordered history (row = user_idx).
+        stored = np.load(evaluated / str(info.extra["user_vectors"]))
+        user_vectors = np.ascontiguousarray(stored[users], dtype=np.float32)
+    else:
+        user_vectors = np.asarray(everything[users] @ vectors, dtype=np.float32)
     k = int(cfg["evaluation"]["candidates_k"])
     candidates_dir = stage_dir(root, date, "candidates") / model
     with step(f"candidates: top {k} unseen items for {len(users):,} users"):
@@ -121,7 +128,13 @@ def run_index(cfg: Mapping[str, Any]) -> IndexResult:
             {"retriever.index": str(cfg["index"]["name"]), "retriever.factory": index_cfg.factory}
         )
         example = [str(x) for x in data.item_ids[item_idx[:3]]]
-        model_info = log_retriever(index_dir, vectors, data.item_ids.astype(str), k, example, Path(tmp))
+        if "retriever_logger" in info.extra:
+            # A model family with its own query encoder logs its retriever pyfunc ("module:function").
+            module_name, function_name = str(info.extra["retriever_logger"]).split(":")
+            log_family = getattr(importlib.import_module(module_name), function_name)
+            model_info = log_family(evaluated, index_dir, data.item_ids.astype(str), k, example)
+        else:
+            model_info = log_retriever(index_dir, vectors, data.item_ids.astype(str), k, example, Path(tmp))
         registration = register_and_gate(
             model_info.model_uri,
             f"{cfg['prefix']}-retriever",

@@ -1,0 +1,171 @@
+"""MLflow pyfunc of a sequential retriever: raw item-id history in, top-K raw item ids + scores out.
+
+It runs the model's own user encoder over the (ordered) history and searches a FAISS ``ItemIndex`` built
+over the model's item vectors, so ``mlflow models serve`` answers with the scores offline evaluation used.
+The same class is registered as ``<prefix>-sequential`` by ``recsys train`` (index of the configured type,
+built at training time) and as ``<prefix>-retriever`` by ``recsys index`` (the index that command built;
+``recsys.jobs.run_index`` calls :func:`log_retriever_for_index` through the evaluation manifest's
+``retriever_logger`` hook).
+
+Artifacts: ``config`` (model settings JSON), ``state`` (``torch.save`` state dict), ``items`` (``.npy`` raw
+item id per item index), ``index`` (``ItemIndex`` folder).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
+
+from models.sequential.config import SequentialConfig
+from models.sequential.network import MolarNet, SASRec, build_network
+from recsys.retrieval.index import ItemIndex
+from recsys.schema import FIRST_INDEX, PADDING_INDEX
+
+HISTORY = "history"
+ITEM_IDS = "item_ids"
+SCORES = "scores"
+ARTIFACT_CONFIG = "config"
+ARTIFACT_STATE = "state"
+ARTIFACT_ITEMS = "items"
+ARTIFACT_INDEX = "index"
+MODEL_DIR = "model"
+CONFIG_FILE = "model_config.json"
+STATE_FILE = "state_dict.pt"
+
+
+def config_to_mapping(cfg: SequentialConfig) -> dict[str, Any]:
+    """The yaml-shaped mapping ``SequentialConfig.from_mapping`` reads back."""
+    out = asdict(cfg)
+    if out["molar"] is None:
+        del out["molar"]
+    return out
+
+
+def save_model(network: SASRec | MolarNet, cfg: SequentialConfig, folder: Path) -> Path:
+    """Write ``model_config.json`` + ``state_dict.pt`` (content vectors included for Molar) to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(config_to_mapping(cfg), indent=2, sort_keys=True))
+    torch.save(network.state_dict(), folder / STATE_FILE)
+    return folder
+
+
+def load_network(config_path: Path, state_path: Path) -> tuple[SequentialConfig, SASRec | MolarNet]:
+    """Rebuild the network written by :func:`save_model` (sizes read from the weights)."""
+    cfg = SequentialConfig.from_mapping(json.loads(config_path.read_text()))
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    content = None
+    if cfg.architecture == "molar":
+        content = (state["content"].numpy(), state["has_content"].numpy().reshape(-1) > 0)
+    network = build_network(cfg, int(state["items.weight"].shape[0]), content)
+    network.load_state_dict(state)
+    network.eval()
+    return cfg, network
+
+
+class SequentialRetriever(PythonModel):
+    """``predict(DataFrame{history: [raw item ids, oldest first]}) -> DataFrame{item_ids, scores}``.
+
+    Unknown item ids are dropped from a history; the newest ``max_len`` known items form the query; items
+    already in the history are never returned. ``params={"k": ...}`` overrides the list length.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def load_context(self, context: Any) -> None:
+        self.cfg, self.network = load_network(
+            Path(context.artifacts[ARTIFACT_CONFIG]), Path(context.artifacts[ARTIFACT_STATE])
+        )
+        self.index = ItemIndex.load(Path(context.artifacts[ARTIFACT_INDEX]))
+        self.item_ids = np.load(context.artifacts[ARTIFACT_ITEMS], allow_pickle=False)
+        self.position = {str(item): i for i, item in enumerate(self.item_ids) if i >= FIRST_INDEX}
+
+    def _histories(self, rows: list[list[str]]) -> tuple[np.ndarray, list[set[int]]]:
+        known = [[self.position[h] for h in row if h in self.position] for row in rows]
+        length = self.cfg.max_len
+        out = np.full((len(rows), length), PADDING_INDEX, dtype=np.int64)
+        for r, items in enumerate(known):
+            tail = items[-length:]
+            if tail:
+                out[r, length - len(tail) :] = tail
+        return out, [set(items) for items in known]
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        k = int((params or {}).get("k", self.k))
+        rows = [[str(h) for h in row] for row in model_input[HISTORY]]
+        histories, seen = self._histories(rows)
+        with torch.no_grad():
+            queries = self.network.user_vectors(torch.from_numpy(histories)).float().numpy()
+        fetch = min(k + max((len(s) for s in seen), default=0), len(self.index))
+        found, scores = self.index.search(np.ascontiguousarray(queries), max(fetch, 1))
+        out_ids, out_scores = [], []
+        for row_seen, row_ids, row_scores in zip(seen, found, scores, strict=True):
+            keep = [
+                (int(i), float(s))
+                for i, s in zip(row_ids, row_scores, strict=True)
+                if i >= 0 and int(i) not in row_seen
+            ][:k]
+            out_ids.append([str(self.item_ids[i]) for i, _ in keep])
+            out_scores.append([s for _, s in keep])
+        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores})
+
+
+def log_sequential(
+    model_dir: Path,
+    index_dir: Path,
+    item_ids: np.ndarray,
+    k: int,
+    example_history: list[str],
+    name: str,
+) -> ModelInfo:
+    """Log the pyfunc (artifacts copied into MLflow) into the active run and return its info.
+
+    Args:
+        model_dir: folder written by :func:`save_model`.
+        index_dir: a saved ``ItemIndex`` over the model's item vectors.
+        item_ids: ``[N]`` raw item id per item index.
+        k: default list length.
+        example_history: raw item ids for the input example / signature.
+        name: artifact path of the model in the run (``sequential`` or ``retriever``).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        items_path = Path(tmp) / "items.npy"
+        np.save(items_path, np.asarray(item_ids).astype(str))
+        artifacts = {
+            ARTIFACT_CONFIG: str(model_dir / CONFIG_FILE),
+            ARTIFACT_STATE: str(model_dir / STATE_FILE),
+            ARTIFACT_ITEMS: str(items_path),
+            ARTIFACT_INDEX: str(index_dir),
+        }
+        example = pd.DataFrame({HISTORY: [example_history]})
+        loaded = SequentialRetriever(k)
+        loaded.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
+        signature = infer_signature(example, loaded.predict(None, example), params={"k": k})
+        info: ModelInfo = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=SequentialRetriever(k),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+        )
+    return info
+
+
+def log_retriever_for_index(
+    evaluated: Path, index_dir: Path, item_ids: np.ndarray, k: int, example_history: list[str]
+) -> ModelInfo:
+    """``recsys index`` hook: the retriever pyfunc of a published sequential evaluation folder."""
+    return log_sequential(evaluated / MODEL_DIR, index_dir, item_ids, k, example_history, "retriever")

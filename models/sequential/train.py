@@ -1,0 +1,343 @@
+"""``recsys train model=sasrec|molar``: Lightning fits the sequence model with early stopping on validation
+NDCG@10 (full ranking), restores the best weights, tests, logs to MLflow, publishes the evaluation folder
+(metrics, recommendations, ``item_vectors.npy``, ``user_vectors.npy``, the model) and registers
+``<prefix>-sequential`` behind the promotion gate on test NDCG@10.
+
+``model.seeds=[1,2,3]`` trains once per seed (one MLflow run each) and prints / logs the mean and standard
+deviation of the test metrics; the seed with the best *validation* NDCG@10 is the one published and
+registered (never chosen on test).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import MLFlowLogger
+
+from models.sequential.config import SequentialConfig
+from models.sequential.data import SequenceData, SequenceDataModule, load_sequences
+from models.sequential.evaluate import RankingEvaluator, few_interactions_bucket
+from models.sequential.module import VALIDATION_METRIC, BestWeights, SequentialLitModule
+from models.sequential.network import MolarNet, SASRec, build_network, encode_users
+from models.sequential.pyfunc import MODEL_DIR, log_sequential, save_model
+from recsys.console import console, print_table, step
+from recsys.manifest import publish_atomically, read_manifest, write_manifest
+from recsys.offline import (
+    EvaluateResult,
+    InteractionData,
+    SplitEvaluation,
+    evaluate_dir,
+    features_dir,
+    load_interactions,
+    write_evaluation,
+)
+from recsys.retrieval.index import IndexConfig, ItemIndex
+from recsys.schema import FIRST_INDEX
+from recsys.tracking.registry import Registration, register_and_gate
+from recsys.tracking.runs import configure, log_metric_table, tracked_run
+
+PROMOTION_METRIC = "test/ndcg_at_10"
+RETRIEVER_LOGGER = "models.sequential.pyfunc:log_retriever_for_index"
+"""Named in the evaluation manifest so ``recsys index`` registers this family's own retriever pyfunc."""
+SUMMARY_K = 10
+# Lightning warns that num_workers=0 is slow: the batches are slices of in-memory tensors, workers only
+# add process start-up and copies.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+class PublishedVectors:
+    """The ``HistoryScorer`` slot of an ``EvaluateResult`` for a sequence model.
+
+    ``write_evaluation`` only needs the model's name; a sequence model cannot score an unordered history
+    matrix, so ``fit`` / ``score`` say so instead of guessing an order.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fit(self, train: sp.csr_matrix) -> None:
+        raise TypeError(f"{self.name} is trained by `recsys train`, not fitted on a matrix")
+
+    def score(self, histories: sp.csr_matrix) -> np.ndarray:
+        raise TypeError(f"{self.name} scores ordered sequences (user_vectors.npy), not history matrices")
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    run_id: str
+    network: SASRec | MolarNet
+    evaluations: dict[str, SplitEvaluation]
+    best_val: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+
+    def metric(self, split: str, metric: str, k: int, bucket: str = "all") -> float:
+        table = self.evaluations[split].metrics
+        row = table[(table["metric"] == metric) & (table["k"] == k) & (table["bucket"] == bucket)]
+        return float(row["value"].iloc[0]) if len(row) else float("nan")
+
+
+@dataclass
+class TrainResult:
+    model: str
+    seeds: list[SeedResult]
+    published: SeedResult
+    summary: pd.DataFrame
+    registration: Registration
+
+
+def set_threads(num_threads: int | None) -> int:
+    """``torch.set_num_threads`` from config, or every CPU this process may use (``None``)."""
+    threads = num_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def content_matrix(
+    cfg: Mapping[str, Any], model_cfg: SequentialConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Molar: the configured modalities' content vectors side by side ``[N, sum C]`` and ``has_content``."""
+    if model_cfg.molar is None:
+        return None
+    from models.common.content import load_content_vectors
+
+    loaded = [load_content_vectors(cfg, modality) for modality in model_cfg.molar.modalities]
+    vectors = np.concatenate([c.vectors for c in loaded], axis=1).astype(np.float32)
+    has_content = np.logical_or.reduce([c.has_content for c in loaded])
+    return vectors, has_content
+
+
+def train_seed(
+    cfg: Mapping[str, Any],
+    model_cfg: SequentialConfig,
+    seed: int,
+    data: SequenceData,
+    interactions: InteractionData,
+    content: tuple[np.ndarray, np.ndarray] | None,
+) -> SeedResult:
+    """One MLflow run: fit with early stopping, restore the best epoch, evaluate valid + test, log."""
+    pl.seed_everything(seed, workers=True)
+    network = build_network(model_cfg, data.num_items, content)
+    evaluator = RankingEvaluator(interactions, cfg["evaluation"], model_cfg.few_interactions_max)
+    module = SequentialLitModule(model_cfg, network, interactions.item_popularity, evaluator)
+    datamodule = SequenceDataModule(
+        data, model_cfg.batch_size, model_cfg.eval_batch_size, seed, model_cfg.bucket_by_length
+    )
+    trainer_cfg = cfg["trainer"]
+    best = BestWeights()
+    run_cfg = {**cfg, "seed": seed}
+    tags = {"model": model_cfg.name, "stage": "train", "family": "sequential"}
+    with tracked_run(run_cfg, run_name=f"train-{model_cfg.name}-seed{seed}", tags=tags) as run:
+        logger = MLFlowLogger(
+            experiment_name=str(cfg["tracking"]["experiment"]),
+            tracking_uri=str(cfg["tracking"]["tracking_uri"]),
+            run_id=run.info.run_id,
+        )
+        trainer = pl.Trainer(
+            accelerator=str(trainer_cfg["accelerator"]),
+            devices=1,
+            max_epochs=model_cfg.max_epochs,
+            logger=logger,
+            callbacks=[
+                EarlyStopping(VALIDATION_METRIC, mode="max", patience=model_cfg.patience),
+                best,
+            ],
+            enable_checkpointing=False,
+            check_val_every_n_epoch=int(trainer_cfg["check_val_every_n_epoch"]),
+            limit_train_batches=trainer_cfg["limit_train_batches"],
+            limit_val_batches=trainer_cfg["limit_val_batches"],
+            limit_test_batches=trainer_cfg["limit_test_batches"],
+            log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        evaluations = {"valid": _evaluate_valid(network, data, evaluator, model_cfg), **module.evaluations}
+        for split, evaluation in evaluations.items():
+            log_metric_table(evaluation.metrics, split)
+        mlflow.log_metrics(
+            {
+                "best/val_ndcg_at_10": best.best_score,
+                "best/epoch": best.best_epoch,
+                "train/epochs": trainer.current_epoch,
+                "train/seconds": seconds,
+            }
+        )
+        mlflow.set_tag("eval_set", interactions.eval_set)
+    return SeedResult(
+        seed,
+        run.info.run_id,
+        network,
+        evaluations,
+        best.best_score,
+        best.best_epoch,
+        trainer.current_epoch,
+        seconds,
+    )
+
+
+def _evaluate_valid(
+    network: SASRec | MolarNet, data: SequenceData, evaluator: RankingEvaluator, cfg: SequentialConfig
+) -> SplitEvaluation:
+    """Validation with every metric and bucket, from the restored best weights."""
+    part = data.evaluation["valid"]
+    users = encode_users(network, part.histories, cfg.eval_batch_size)
+    items = _item_vectors(network)
+    return evaluator.evaluate("valid", part.users, users, items)
+
+
+def _item_vectors(network: SASRec | MolarNet) -> np.ndarray:
+    network.eval()
+    with torch.no_grad():
+        return network.item_vectors().float().numpy().copy()
+
+
+def run_train(cfg: Mapping[str, Any]) -> TrainResult:
+    model_cfg = SequentialConfig.from_mapping(cfg["model"])
+    threads = set_threads(model_cfg.num_threads)
+    features = features_dir(cfg)
+    with step(f"load sequences (max_len {model_cfg.max_len}) and interactions from {features}"):
+        data = load_sequences(features, model_cfg.max_len)
+        interactions = load_interactions(features)
+    content = content_matrix(cfg, model_cfg)
+    seeds = model_cfg.seeds or (int(cfg["seed"]),)
+    console.print(
+        f"{model_cfg.name}: {data.train.shape[0]:,} train sequences, {data.num_items - FIRST_INDEX:,} items, "
+        f"{threads} threads, seeds {list(seeds)}"
+    )
+    results = [train_seed(cfg, model_cfg, seed, data, interactions, content) for seed in seeds]
+    published = max(results, key=lambda r: r.best_val)
+    registration = publish_and_register(cfg, model_cfg, published, data, interactions)
+    summary = summarize(results, model_cfg.few_interactions_max)
+    if len(results) > 1:
+        _log_summary(cfg, model_cfg, summary, results)
+    _print_summary(model_cfg, results, summary, published, registration)
+    return TrainResult(model_cfg.name, results, published, summary, registration)
+
+
+def summarize(results: Sequence[SeedResult], few_max: int) -> pd.DataFrame:
+    """Per-seed key metrics plus ``mean`` and ``std`` (sample std, ddof=1; 0 for one seed) rows."""
+    rare = few_interactions_bucket(few_max)
+    rows = [
+        {
+            "seed": str(r.seed),
+            "epochs": float(r.epochs),
+            "best_epoch": float(r.best_epoch),
+            "val_ndcg_at_10": r.best_val,
+            "test_ndcg_at_10": r.metric("test", "ndcg", SUMMARY_K),
+            "test_hit_rate_at_10": r.metric("test", "hit_rate", SUMMARY_K),
+            f"test_ndcg_at_10_{rare}": r.metric("test", "ndcg", SUMMARY_K, rare),
+            f"test_hit_rate_at_10_{rare}": r.metric("test", "hit_rate", SUMMARY_K, rare),
+        }
+        for r in results
+    ]
+    table = pd.DataFrame(rows)
+    numeric = table.drop(columns="seed")
+    std = numeric.std(ddof=1) if len(results) > 1 else numeric.std(ddof=0)
+    extra = pd.DataFrame([{"seed": "mean", **numeric.mean()}, {"seed": "std", **std}])
+    return pd.concat([table, extra], ignore_index=True)
+
+
+def _log_summary(
+    cfg: Mapping[str, Any], model_cfg: SequentialConfig, summary: pd.DataFrame, results: Sequence[SeedResult]
+) -> None:
+    tags = {"model": model_cfg.name, "stage": "train-seeds", "family": "sequential"}
+    with tracked_run(cfg, run_name=f"train-{model_cfg.name}-seeds", tags=tags):
+        for stat in ("mean", "std"):
+            row = summary[summary["seed"] == stat].iloc[0]
+            mlflow.log_metrics({f"seeds/{k}/{stat}": float(row[k]) for k in summary.columns if k != "seed"})
+        mlflow.log_text(summary.to_csv(index=False), "seeds_summary.csv")
+        mlflow.set_tag("seed_runs", ",".join(r.run_id for r in results))
+
+
+def publish_and_register(
+    cfg: Mapping[str, Any],
+    model_cfg: SequentialConfig,
+    result: SeedResult,
+    data: SequenceData,
+    interactions: InteractionData,
+) -> Registration:
+    """Publish ``<root>/<date>/evaluate/<model>/`` like ``recsys evaluate`` plus the vectors and the model,
+    then log + register the ``<prefix>-sequential`` pyfunc in the seed's run."""
+    network = result.network
+    items = _item_vectors(network)
+    users = np.zeros((interactions.num_users, items.shape[1]), dtype=np.float32)
+    users[data.full_users] = encode_users(network, data.full_histories, model_cfg.eval_batch_size)
+    evaluation = EvaluateResult(
+        model_cfg.name, interactions, PublishedVectors(model_cfg.name), result.evaluations
+    )
+    out = evaluate_dir(cfg)
+    version = f"{model_cfg.name}:{result.run_id}"
+    with (
+        step(f"publish metrics, recommendations, vectors and model to {out}"),
+        publish_atomically(out) as staging,
+    ):
+        inner = staging / "evaluation"
+        write_evaluation(evaluation, inner, version, result.run_id)
+        for child in inner.iterdir():
+            child.rename(staging / child.name)
+        inner.rmdir()
+        np.save(staging / "item_vectors.npy", items)
+        np.save(staging / "user_vectors.npy", users)
+        save_model(network, model_cfg, staging / MODEL_DIR)
+        manifest = read_manifest(staging)
+        extra = {**manifest.extra, "user_vectors": "user_vectors.npy", "retriever_logger": RETRIEVER_LOGGER}
+        write_manifest(staging, replace(manifest, extra=extra))
+    configure(cfg["tracking"])
+    index_cfg = IndexConfig.from_mapping(cfg["index"])
+    item_idx = np.arange(FIRST_INDEX, interactions.num_items, dtype=np.int64)
+    k = int(cfg["evaluation"]["candidates_k"])
+    example = [str(x) for x in interactions.item_ids[item_idx[:3]]]
+    with mlflow.start_run(run_id=result.run_id), tempfile.TemporaryDirectory() as tmp:
+        index = ItemIndex.build(np.ascontiguousarray(items[item_idx]), item_idx, index_cfg, version)
+        index_dir = index.save(Path(tmp) / "index")
+        info = log_sequential(out / MODEL_DIR, index_dir, interactions.item_ids, k, example, "sequential")
+        return register_and_gate(
+            info.model_uri,
+            f"{cfg['prefix']}-sequential",
+            result.run_id,
+            PROMOTION_METRIC,
+            interactions.eval_set,
+        )
+
+
+def _print_summary(
+    model_cfg: SequentialConfig,
+    results: Sequence[SeedResult],
+    summary: pd.DataFrame,
+    published: SeedResult,
+    registration: Registration,
+) -> None:
+    columns = [c for c in summary.columns]
+    rows = [[row["seed"], *(f"{row[c]:.4f}" for c in columns[1:])] for _, row in summary.iterrows()]
+    print_table(f"{model_cfg.name}: test metrics (full ranking) per seed", columns, rows)
+    print_table(
+        f"{model_cfg.name}: published",
+        ["what", "value"],
+        [
+            ("seed (best validation NDCG@10)", str(published.seed)),
+            ("MLflow run", published.run_id),
+            ("registered", f"{registration.name} v{registration.version}"),
+            ("champion?", f"{registration.decision.promote} ({registration.decision.reason})"),
+            ("train seconds (all seeds)", f"{sum(r.seconds for r in results):.1f}"),
+        ],
+    )

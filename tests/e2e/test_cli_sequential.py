@@ -1,0 +1,87 @@
+"""`recsys train model=sasrec` then `recsys index model=sasrec index=hnsw` from the command line: features
+built on demand, a smoke Lightning fit with full-ranking validation, the published evaluation folder (with the
+model's own user vectors), the `sequential` and `retriever` registrations, and candidates from the index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from models.sequential.pyfunc import HISTORY, ITEM_IDS, SequentialRetriever
+from recsys.tables import read_arrow
+
+DATE = "1998-04-23"
+
+
+def recsys(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "recsys"
+    common = [
+        "data=movielens_100k",
+        "paths.root=runs",
+        f"run.date={DATE}",
+        "spark.master='local[2]'",
+        "spark.shuffle_partitions=4",
+    ]
+    return subprocess.run(
+        [str(exe), *args, *common], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
+    trained = recsys(
+        tmp_path,
+        "train",
+        "model=sasrec",
+        "trainer=smoke",
+        "model.max_epochs=2",
+        "model.hidden_dim=16",
+        "model.max_len=20",
+        "model.seeds=[1,2]",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:] + trained.stdout[-3000:]
+    evaluated = tmp_path / "runs" / DATE / "evaluate" / "sasrec"
+    manifest = json.loads((evaluated / "manifest.json").read_text())
+    assert manifest["extra"]["user_vectors"] == "user_vectors.npy"
+    items = np.load(evaluated / "item_vectors.npy")
+    users = np.load(evaluated / "user_vectors.npy")
+    assert items.shape[1] == users.shape[1] == 16
+    assert np.count_nonzero(users[:2]) == 0 and np.count_nonzero(users[2:], axis=1).all()  # reserved rows
+    metrics = read_arrow(evaluated / "metrics").to_pandas()
+    assert {"valid", "test"} <= set(metrics["split"])
+    assert {"items_le20", "1-20", "151+"} <= set(metrics["bucket"])
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    found = client.get_experiment_by_name("recsys")
+    assert found is not None
+    experiment = found.experiment_id
+    seed_runs = client.search_runs([experiment], "tags.stage = 'train'")
+    assert sorted(r.data.params["seed"] for r in seed_runs) == ["1", "2"]
+    for run in seed_runs:
+        history = client.get_metric_history(run.info.run_id, "val/ndcg_at_10")
+        assert len(history) == 2  # one full-ranking validation per epoch
+        assert 0.0 <= run.data.metrics["test/ndcg_at_10"] <= 1.0
+    [summary] = client.search_runs([experiment], "tags.stage = 'train-seeds'")
+    assert "seeds/test_ndcg_at_10/mean" in summary.data.metrics
+    assert client.get_model_version_by_alias("recsys-sequential", "champion").run_id in {
+        r.info.run_id for r in seed_runs
+    }
+    assert "mean" in trained.stderr and "std" in trained.stderr  # the summary table (rich console: stderr)
+
+    indexed = recsys(tmp_path, "index", "model=sasrec", "index=hnsw")
+    assert indexed.returncode == 0, indexed.stderr[-3000:] + indexed.stdout[-3000:]
+    candidates = read_arrow(tmp_path / "runs" / DATE / "candidates" / "sasrec").to_pandas()
+    assert len(candidates) == 943
+    retriever = client.get_model_version_by_alias("recsys-retriever", "champion")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    loaded = mlflow.pyfunc.load_model(f"models:/recsys-retriever/{retriever.version}")
+    # the sequence model's own encoder serves, not the fold-in retriever of matrix models
+    assert isinstance(loaded.unwrap_python_model(), SequentialRetriever)
+    answer = loaded.predict(pd.DataFrame({HISTORY: [["50", "172", "133"]]}), params={"k": 5})
+    assert len(answer[ITEM_IDS].iloc[0]) == 5 and not {"50", "172", "133"} & set(answer[ITEM_IDS].iloc[0])
