@@ -26,16 +26,11 @@ $(STAMP): $(BIN)/python pyproject.toml Makefile
 
 install: $(STAMP)
 
-# MovieLens-100K ends in April 1998: the demo snapshot is dated after its last rating.
-DEMO_ARGS := data=movielens_100k paths.root=runs run.date=1998-04-23
-
+# The demo pipeline (conf/pipeline/demo.yaml): MovieLens-100K end to end; a rerun skips finished stages.
 demo: $(STAMP)
-	$(BIN)/recsys features $(DEMO_ARGS)
-	$(BIN)/recsys evaluate model=mostpop $(DEMO_ARGS)
-	$(BIN)/recsys evaluate model=ease $(DEMO_ARGS)
-	$(BIN)/recsys evaluate model=puresvd $(DEMO_ARGS)
-	$(BIN)/recsys index model=puresvd index=hnsw $(DEMO_ARGS)
-	@echo "Results: $(CURDIR)/runs/1998-04-23 (ingest, features, evaluate, index, candidates);"
+	$(BIN)/recsys pipeline run pipeline=demo paths.root=runs
+	@echo "Results: $(CURDIR)/runs/1998-04-23 (ingest, features, evaluate, index, candidates, report)"
+	@echo "Report:  $(CURDIR)/runs/1998-04-23/report/report.html"
 	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db"
 
 lint: $(STAMP)

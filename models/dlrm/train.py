@@ -3,6 +3,7 @@ tests it, and logs curves and AUC / GAUC / LogLoss into one MLflow run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -65,13 +66,22 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     )
     module = DLRMLitModule(model_cfg, datamodule.counts)
     trainer_cfg = cfg["trainer"]
-    with tracked_run(
-        cfg, run_name=f"train-{model_cfg.name}", tags={"model": model_cfg.name, "stage": "train"}
-    ) as run:
-        logger = MLFlowLogger(
-            experiment_name=str(cfg["tracking"]["experiment"]),
-            tracking_uri=str(cfg["tracking"]["tracking_uri"]),
-            run_id=run.info.run_id,
+    # One MLflow run per training: only the first process opens it (the others log nothing anyway).
+    tracking = (
+        tracked_run(cfg, run_name=f"train-{model_cfg.name}", tags={"model": model_cfg.name, "stage": "train"})
+        if launch_rank() == 0
+        else contextlib.nullcontext(None)
+    )
+    with tracking as run:
+        run_id = run.info.run_id if run is not None else ""
+        logger: MLFlowLogger | bool = (
+            MLFlowLogger(
+                experiment_name=str(cfg["tracking"]["experiment"]),
+                tracking_uri=str(cfg["tracking"]["tracking_uri"]),
+                run_id=run_id,
+            )
+            if run is not None
+            else False
         )
         checkpoints = checkpoint_dir(cfg, model_cfg)
         best = ModelCheckpoint(dirpath=checkpoints, monitor=MONITOR, mode="max", save_top_k=1)
@@ -101,17 +111,24 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         metrics = {str(k): float(v) for k, v in test.items()}
         if best.best_model_score is not None:
             metrics["best/val_auc"] = float(best.best_model_score)
-            logger.log_metrics({"best/val_auc": metrics["best/val_auc"]})
+            if isinstance(logger, MLFlowLogger):
+                logger.log_metrics({"best/val_auc": metrics["best/val_auc"]})
         rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
         if trainer.world_size == 1:
-            registration = _register(cfg, module, model_cfg, datamodule, folder, run.info.run_id)
+            registration = _register(cfg, module, model_cfg, datamodule, folder, run_id)
             rows.append(("registered", f"{registration.name} v{registration.version}"))
             rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
             two_stage = _two_stage(cfg, module)
             metrics.update(two_stage)
             rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
-    return TrainResult(run.info.run_id, metrics, trainer, module)
+    return TrainResult(run_id, metrics, trainer, module)
+
+
+def launch_rank() -> int:
+    """This process's global rank as set by the launcher (torchrun / elastic_launch: RANK; Lightning's own
+    subprocess launcher: LOCAL_RANK on one node); 0 when nothing launched it."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def checkpoint_dir(cfg: Mapping[str, Any], model_cfg: DLRMConfig) -> Path:
@@ -119,7 +136,7 @@ def checkpoint_dir(cfg: Mapping[str, Any], model_cfg: DLRMConfig) -> Path:
     this snapshot must never be restored into this one. Every rank computes the same folder."""
     root = Path(cfg["paths"]["root"]).resolve()
     folder = stage_dir(root, str(cfg["run"]["date"]), "train") / model_cfg.name / "checkpoints"
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if launch_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)
     return folder
 
