@@ -24,7 +24,9 @@ _PARAM_BATCH = 100
 
 
 def configure(tracking: Mapping[str, Any]) -> str:
-    """Point MLflow at the configured store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the configured store, create the experiment if needed and make it the active one
+    (a bare ``mlflow.start_run()`` would otherwise use experiment 0, whose artifacts land in ./mlruns);
+    returns its id."""
     uri = str(tracking["tracking_uri"])
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -32,10 +34,13 @@ def configure(tracking: Mapping[str, Any]) -> str:
     name = str(tracking["experiment"])
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
-        return str(experiment.experiment_id)
-    artifact_root = tracking.get("artifact_root")
-    location = Path(str(artifact_root)).joinpath(name).as_uri() if artifact_root else None
-    return str(mlflow.create_experiment(name, artifact_location=location))
+        experiment_id = str(experiment.experiment_id)
+    else:
+        artifact_root = tracking.get("artifact_root")
+        location = Path(str(artifact_root)).joinpath(name).as_uri() if artifact_root else None
+        experiment_id = str(mlflow.create_experiment(name, artifact_location=location))
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
