@@ -20,8 +20,20 @@ from recsys.config import compose, to_plain
 # Small enough for seconds per stage, big enough for every split and the HNSW index to be non-trivial.
 DATA = ["data=synthetic", "data.num_users=150", "data.num_items=100", "data.num_events=2000"]
 SPARK = ["spark.master='local[2]'", "spark.shuffle_partitions=2", "spark.driver_memory=1g"]
-# The fast stages of the demo: ingest, features, evaluate mostpop/ease/puresvd, index puresvd.
-STAGES = ["~pipeline.stages.train_dlrm", "~pipeline.stages.evaluate_itemknn"]
+# The fast stages of the demo; every other demo stage (the model trainings) is dropped.
+FAST_STAGES = (
+    "ingest",
+    "features",
+    "evaluate_mostpop",
+    "evaluate_ease",
+    "evaluate_puresvd",
+    "index_puresvd_hnsw",
+)
+STAGES = [
+    f"~pipeline.stages.{name}"
+    for name in to_plain(compose(["pipeline=demo"]))["pipeline"]["stages"]
+    if name not in FAST_STAGES
+]
 
 
 def small_overrides(root: Path, *extra: str) -> list[str]:
