@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,15 @@ class ReportSettings:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> ReportSettings:
         return cls(str(cfg["split"]), int(cfg["k"]), tuple(str(m) for m in cfg["ranking_metrics"]))
+
+
+_MLFLOW_KEY_INVALID = re.compile(r"[^A-Za-z0-9_\-. /:]")
+"""Characters MLflow refuses in metric names (e.g. the '+' of RecLoRA's ``personalized+retriever``)."""
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` with every character MLflow rejects in a metric key replaced by ``_``."""
+    return _MLFLOW_KEY_INVALID.sub("_", name)
 
 
 def _number(value: float) -> str:
@@ -227,7 +237,7 @@ def write_report(
         }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         mlflow.set_tag("run_date", date)
-        metrics = sorted((f"{r.name}/{k}", v) for r in results for k, v in r.metrics.items())
+        metrics = sorted((mlflow_key(f"{r.name}/{k}"), v) for r in results for k, v in r.metrics.items())
         for start in range(0, len(metrics), _METRIC_BATCH):
             mlflow.log_metrics(dict(metrics[start : start + _METRIC_BATCH]))
         mlflow.log_metric("pipeline/stages_ran", sum(r.status == "ran" for r in results))
