@@ -20,6 +20,12 @@ def machine_info() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
+def alternating_order(first: str, second: str, repeat: int) -> tuple[str, str]:
+    """Which of two engines runs first in this repeat: alternating, so a machine that slows down (or warms
+    up) over the run penalises both engines equally instead of always the second one."""
+    return (first, second) if repeat % 2 == 0 else (second, first)
+
+
 def save_results(out_dir: str | Path, name: str, results: Mapping[str, Any]) -> Path:
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

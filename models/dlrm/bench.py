@@ -40,6 +40,7 @@ from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule, dense_optimizer_factory
 from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
+from recsys.bench import alternating_order
 from recsys.config import conf_dir
 
 LIGHTNING, TORCHREC = "lightning", "torchrec"
@@ -302,9 +303,8 @@ def measure(
 
 
 def engine_order(repeat: int) -> tuple[str, str]:
-    """Which engine runs first in this repeat: alternating, so a machine that slows down (or warms up) over
-    the run penalises both engines equally instead of always the second one."""
-    return (LIGHTNING, TORCHREC) if repeat % 2 == 0 else (TORCHREC, LIGHTNING)
+    """Which engine runs first in this repeat (see ``recsys.bench.alternating_order``)."""
+    return alternating_order(LIGHTNING, TORCHREC, repeat)
 
 
 def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 
 from models.reclora.config import BackboneConfig, LoRAConfig, MixerConfig
 from models.reclora.network import RecLoRAModel, load_backbone
+from recsys.bench import alternating_order
 
 SHARED, PERSONALIZED = "shared", "personalized"
 # Token ids below this are special / unused tokens in BERT-style vocabularies; random prompts avoid them.
@@ -67,8 +68,7 @@ def run_reclora_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {SHARED: [], PERSONALIZED: []}
     cpu_seconds: dict[str, list[float]] = {SHARED: [], PERSONALIZED: []}
     for repeat in range(int(b["repeats"])):
-        order = (SHARED, PERSONALIZED) if repeat % 2 == 0 else (PERSONALIZED, SHARED)
-        for engine in order:
+        for engine in alternating_order(SHARED, PERSONALIZED, repeat):
             wall, cpu = _timed(models[engine], ids, users, int(b["num_batches"]), int(b["warmup_batches"]))
             seconds[engine].append(wall)
             cpu_seconds[engine].append(cpu)
