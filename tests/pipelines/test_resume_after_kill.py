@@ -1,8 +1,10 @@
-"""A real ``kill -9`` of ``recsys pipeline run`` in the middle of the Spark features stage, then a rerun.
+"""A real ``kill -9`` of ``recsys pipeline run`` in the middle of a stage, then a rerun.
 
 The killed stage has no marker and its half-written output exists only as a hidden staging folder; the
-rerun removes that folder, skips the stage that had finished (ingest), redoes the rest, and ends with
-exactly the outputs of an uninterrupted run (the shared reference run).
+rerun removes that folder, skips the stages that had finished, redoes the rest, and ends with the outputs
+of an uninterrupted run: once in the middle of the Spark features stage (compared with the shared
+reference run), once in the middle of model training (compared with an uninterrupted training of the same
+stage on the same features).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,9 +34,9 @@ KILL_AFTER_S = 1.0
 POLL_S = 0.05
 
 
-def _command(root: Path) -> list[str]:
+def _command(root: Path, *extra: str) -> list[str]:
     exe = Path(sys.executable).parent / "recsys"
-    return [str(exe), "pipeline", "run", "pipeline=demo", *small_overrides(root)]
+    return [str(exe), "pipeline", "run", "pipeline=demo", *small_overrides(root), *extra]
 
 
 def _env() -> dict[str, str]:
@@ -106,3 +109,100 @@ def test_kill_9_during_features_then_rerun_resumes_and_matches_uninterrupted_run
     )
     report = json.loads((run_folder / "report" / "report.json").read_text())
     assert report["pipeline"] == "demo" and report["date"] == DATE
+
+
+# A SASRec stage on top of the reference run's features. No early stopping, so training lasts every epoch
+# and the kill lands between two of them, not after the model was published.
+TRAIN_STAGE = "train_sasrec_kill"
+TRAIN_EPOCHS = 40
+TRAIN_STAGE_SPEC = (
+    f"+pipeline.stages.{TRAIN_STAGE}={{kind: train, "
+    f"overrides: ['model=sasrec', 'model.max_epochs={TRAIN_EPOCHS}', 'model.patience={TRAIN_EPOCHS}', "
+    "'model.hidden_dim=32'], needs: [features], outputs: [evaluate/sasrec], metric: test/ndcg_at_10}"
+)
+# Epochs the killed run must have finished (their losses are in MLflow) before the kill.
+KILL_AFTER_EPOCHS = 3
+EPOCH_METRIC = "train/loss_epoch"
+
+
+def _logged_epochs(root: Path) -> int:
+    """Training epochs logged so far to the run folder's MLflow store (any run)."""
+    database = root / "mlflow.db"
+    if not database.is_file():
+        return 0
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+        try:
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM metrics WHERE key = ?", (EPOCH_METRIC,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # the store is being created or migrated
+            return 0
+    return int(count)
+
+
+def test_kill_9_during_training_then_rerun_matches_uninterrupted_training(
+    tmp_path: Path, reference_run: Reference
+) -> None:
+    root = reference_run.root
+    run_folder = root / DATE
+    before = _logged_epochs(root)
+    log_path = tmp_path / "killed.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            _command(root, TRAIN_STAGE_SPEC),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while _logged_epochs(root) - before < KILL_AFTER_EPOCHS:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "training never logged an epoch"
+                time.sleep(POLL_S)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    trained = _logged_epochs(root) - before
+    assert KILL_AFTER_EPOCHS <= trained < TRAIN_EPOCHS, f"killed after {trained} epochs"
+    # Killed mid-training: no marker, nothing published under evaluate/sasrec.
+    assert read_marker(run_folder, TRAIN_STAGE) is None
+    assert started_path(run_folder, TRAIN_STAGE).is_file()
+    assert not (run_folder / "evaluate" / "sasrec").exists()
+
+    resumed = subprocess.run(
+        _command(root, TRAIN_STAGE_SPEC),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT_S,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    marker = read_marker(run_folder, TRAIN_STAGE)
+    assert marker is not None
+    assert not started_path(run_folder, TRAIN_STAGE).is_file()
+    resumed_metrics = metric_table(run_folder / "evaluate" / "sasrec")
+    resumed_vectors = (run_folder / "evaluate" / "sasrec" / "item_vectors.npy").read_bytes()
+
+    # The same stage again, uninterrupted, on the same features.
+    uninterrupted = subprocess.run(
+        _command(root, TRAIN_STAGE_SPEC, "--from", TRAIN_STAGE),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=TIMEOUT_S,
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-4000:]
+    again = read_marker(run_folder, TRAIN_STAGE)
+    assert again is not None and again.mlflow_run_id != marker.mlflow_run_id
+    # Seeded training on the same data and threads: the killed-then-resumed run equals the clean one.
+    pd.testing.assert_frame_equal(
+        resumed_metrics, metric_table(run_folder / "evaluate" / "sasrec"), rtol=1e-6, atol=1e-9
+    )
+    assert resumed_vectors == (run_folder / "evaluate" / "sasrec" / "item_vectors.npy").read_bytes()
+    assert marker.metrics["test/ndcg_at_10"] == pytest.approx(again.metrics["test/ndcg_at_10"], rel=1e-6)
