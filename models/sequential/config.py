@@ -22,7 +22,7 @@ class MolarConfig:
 
     modalities: tuple[str, ...] = ("text",)
     projection_hidden: int = 256
-    align_weight: float = 0.1
+    align_weight: float = 0.02
     temperature: float = 0.1
 
 

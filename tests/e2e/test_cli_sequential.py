@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 from models.sequential.pyfunc import HISTORY, ITEM_IDS, SequentialRetriever
@@ -85,3 +86,19 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
     assert isinstance(loaded.unwrap_python_model(), SequentialRetriever)
     answer = loaded.predict(pd.DataFrame({HISTORY: [["50", "172", "133"]]}), params={"k": 5})
     assert len(answer[ITEM_IDS].iloc[0]) == 5 and not {"50", "172", "133"} & set(answer[ITEM_IDS].iloc[0])
+
+    # `recsys bench sequential` on the same snapshot: SASRec in Lightning and in the plain loop.
+    benched = recsys(
+        tmp_path, "bench", "sequential", "bench.sequential.epochs=2", "bench.sequential.models=[sasrec]"
+    )
+    assert benched.returncode == 0, benched.stderr[-3000:] + benched.stdout[-3000:]
+    [saved] = (tmp_path / "bench_results").glob("sequential-*.json")
+    results = json.loads(saved.read_text())
+    rows = {row["engine"]: row for row in results["timings"]}
+    assert set(rows) == {"sasrec lightning", "sasrec plain PyTorch loop"}
+    plain, lightning = rows["sasrec plain PyTorch loop"], rows["sasrec lightning"]
+    assert plain["ratio"] == 1.0
+    # ratio = Lightning samples/s over the plain loop's (the DLRM bench's convention)
+    assert lightning["ratio"] == pytest.approx(lightning["samples_per_s"] / plain["samples_per_s"])
+    assert all(len(row["epochs_wall_cpu"]) == 2 and row["seconds"] > 0 for row in rows.values())
+    assert results["train_sequences"] == 943
