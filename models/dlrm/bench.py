@@ -6,8 +6,14 @@ before timing. Both engines build the same sharded model (``shard_ranker``, tabl
 for the tables, Adam for the dense part) from the same seed and train it on the same batches; only the steps
 after ``warmup_batches`` are timed. Every measurement runs in fresh processes (``launch_local``), one per
 rank; each rank trains on its own batches, and rank 0's timing is reported. Each engine is measured
-``repeats`` times, alternating which goes first, and the median is reported: on a shared machine one short
-window is noise.
+``repeats`` times, alternating which goes first.
+
+What is timed: the interval between the ends of two consecutive training steps, for every timed step, in
+both engines (so Lightning's data fetch, hooks and logging between steps are inside it, as the plain loop's
+iteration is). The headline is the median step interval (median over steps, then over repeats) times
+``num_batches``: on a virtual machine whose host steals bursts of CPU, a total over a few seconds moves by
++-25% from one run to the next, and the median step is what the loop itself costs. The plain sum of the
+intervals (``wall_seconds``) and its ratio (``ratio_wall``) are reported beside it.
 
 The reported ratio is Lightning samples/s over plain-loop samples/s for each world size (1.0 = no overhead).
 """
@@ -42,6 +48,7 @@ from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
 from recsys.bench import alternating_order
 from recsys.config import conf_dir
+from recsys.errors import ConfigError
 
 LIGHTNING, TORCHREC = "lightning", "torchrec"
 """Engine names in the results; TORCHREC (the plain loop) is the reference of every ratio."""
@@ -73,6 +80,8 @@ class DLRMBenchSettings:
         dense_hidden: dense arch hidden sizes before the final ``embedding_dim`` layer.
         over_arch: over arch sizes (ends with 1).
         optim: learning rates and Adagrad epsilon.
+        sigterm_broadcast_every_n_steps: ``trainer.sigterm_broadcast_every_n_steps``, as ``recsys train``
+            gives it to the Lightning engine's ``TorchRecStrategy``.
     """
 
     batch_size: int
@@ -88,11 +97,16 @@ class DLRMBenchSettings:
     dense_hidden: tuple[int, ...]
     over_arch: tuple[int, ...]
     optim: OptimConfig
+    sigterm_broadcast_every_n_steps: int
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DLRMBenchSettings:
-        """Read ``cfg["bench"]["dlrm"]``, ``cfg["seed"]`` and the arch/optim of ``conf/model/dlrm_criteo``."""
+        """Read ``cfg["bench"]["dlrm"]``, ``cfg["seed"]``, ``cfg["trainer"]`` and the arch/optim of
+        ``conf/model/dlrm_criteo``."""
         bench = cfg["bench"]["dlrm"]
+        if int(bench["warmup_batches"]) < 1:
+            # the first timed step interval starts at the end of the last warm-up step
+            raise ConfigError(f"bench.dlrm.warmup_batches={bench['warmup_batches']}: must be at least 1.")
         model = OmegaConf.to_container(OmegaConf.load(conf_dir() / MODEL_CONF), resolve=True)
         assert isinstance(model, dict)
         optim = model["optim"]
@@ -110,6 +124,7 @@ class DLRMBenchSettings:
             dense_hidden=tuple(int(x) for x in model["dense_arch_layer_sizes"][:-1]),
             over_arch=tuple(int(x) for x in model["over_arch_layer_sizes"]),
             optim=OptimConfig(float(optim["dense_lr"]), float(optim["sparse_lr"]), float(optim["eps"])),
+            sigterm_broadcast_every_n_steps=int(cfg["trainer"]["sigterm_broadcast_every_n_steps"]),
         )
 
     @property
@@ -174,38 +189,47 @@ def _pass_through(batch: CTRBatch) -> CTRBatch:
     return batch
 
 
+class StepClock:
+    """Times of the ends of the last warm-up step and of every timed step; their differences are the step
+    intervals ``[num_batches]`` (seconds)."""
+
+    def __init__(self, warmup_batches: int) -> None:
+        self.warmup_batches = warmup_batches
+        self.marks: list[float] = []
+
+    def step_done(self, index: int) -> None:
+        if index >= self.warmup_batches - 1:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+
 class _StepTimer(pl.Callback):
     """Seeds the weights (``setup`` runs just before ``configure_model``) and times the post-warm-up steps."""
 
     def __init__(self, settings: DLRMBenchSettings) -> None:
         self.settings = settings
-        self.start = self.end = float("nan")
+        self.clock = StepClock(settings.warmup_batches)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.manual_seed(self.settings.seed)
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if batch_idx == self.settings.warmup_batches:
-            self.start = time.perf_counter()
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch_idx == self.settings.total_batches - 1:
-            self.end = time.perf_counter()
+        self.clock.step_done(batch_idx)
 
 
 def _train_lightning(
     cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[float, nn.Module]:
-    """``(timed seconds, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
+) -> tuple[list[float], nn.Module]:
+    """``(step intervals, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
     timer = _StepTimer(settings)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=int(os.environ["WORLD_SIZE"]),
-        strategy=TorchRecStrategy(),
+        strategy=TorchRecStrategy(sigterm_broadcast_every_n_steps=settings.sigterm_broadcast_every_n_steps),
         max_steps=settings.total_batches,
         logger=False,
         enable_checkpointing=False,
@@ -224,13 +248,13 @@ def _train_lightning(
     )
     trainer.fit(module, loader)
     assert module.model is not None
-    return timer.end - timer.start, module.model
+    return timer.clock.intervals(), module.model
 
 
 def _train_torchrec(
     cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[float, nn.Module]:
-    """``(timed seconds, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
+) -> tuple[list[float], nn.Module]:
+    """``(step intervals, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
     dist.init_process_group(backend=GLOO)
     torch.manual_seed(settings.seed)
     model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
@@ -238,15 +262,14 @@ def _train_torchrec(
     dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg))
     optimizer = CombinedOptimizer([model.fused_optimizer, dense])
     model.train()
-    start = float("nan")
+    clock = StepClock(settings.warmup_batches)
     for index, batch in enumerate(batches):
-        if index == settings.warmup_batches:
-            start = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
         loss.backward()  # type: ignore[no-untyped-call]  # also updates the tables (fused row-wise Adagrad)
         optimizer.step()
         optimizer.zero_grad()
-    return time.perf_counter() - start, model
+        clock.step_done(index)
+    return clock.intervals(), model
 
 
 def local_state(model: nn.Module) -> ModelState:
@@ -263,7 +286,7 @@ def local_state(model: nn.Module) -> ModelState:
 
 
 def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[str, Any]:
-    """One rank of one measurement: ``{"seconds": timed seconds, "state": ModelState or None}``."""
+    """One rank of one measurement: ``{"steps": step intervals (s), "state": ModelState or None}``."""
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     # Same threads for both engines: the cores split among the ranks (Lightning sets none under torchelastic).
     threads = max(1, (os.cpu_count() or 1) // world_size)
@@ -272,11 +295,11 @@ def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[
     cfg, counts = bench_model_config(settings)
     batches = make_batches(cfg, settings, rank)
     train = _train_lightning if engine == LIGHTNING else _train_torchrec
-    seconds, model = train(cfg, counts, batches, settings)
+    steps, model = train(cfg, counts, batches, settings)
     state = local_state(model) if keep_state else None
     if dist.is_initialized():
         dist.destroy_process_group()
-    return {"seconds": seconds, "state": state}
+    return {"steps": steps, "state": state}
 
 
 def measure(
@@ -291,7 +314,8 @@ def measure(
         keep_state: also return each rank's trained weights (``ModelState``), e.g. to compare engines.
 
     Returns:
-        ``{rank: {"seconds": timed seconds of that rank, "state": ModelState or None}}``.
+        ``{rank: {"steps": that rank's ``num_batches`` step intervals in seconds, "state": ModelState or
+        None}}``.
 
     Raises:
         ValueError: for an unknown engine.
@@ -314,11 +338,12 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         cfg: the plain root config (``to_plain(compose(...))``); reads ``bench.dlrm`` and ``seed``.
 
     Returns:
-        ``{"params": workload, "timings": [{"engine", "step", "seconds", "samples_per_s", "ratio"}, ...],
-        "ratios": {"<world size>": lightning samples/s / torchrec samples/s},
-        "ratios_per_repeat": {"<world size>": [the same ratio for each repeat]}}``; samples count the rows of
-        the timed batches of all ranks, seconds are rank 0's median over ``repeats`` (engines alternate
-        which runs first).
+        ``{"params": workload, "timings": [row, ...], "ratios": {"<world size>": ratio},
+        "ratios_per_repeat": {"<world size>": [ratio of each repeat]}}``. A row has ``engine``, ``step``,
+        ``seconds`` (``num_batches`` x the median step interval of rank 0, median over repeats),
+        ``samples_per_s`` (rows of the timed batches of all ranks / ``seconds``), ``ratio`` (Lightning's
+        ``samples_per_s`` over the plain loop's), ``median_step_ms_per_repeat``, and the plain sums:
+        ``wall_seconds`` (median over repeats), ``wall_seconds_per_repeat``, ``ratio_wall``.
     """
     settings = DLRMBenchSettings.from_config(cfg)
     timings: list[dict[str, Any]] = []
@@ -326,26 +351,32 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     repeat_ratios: dict[str, list[float]] = {}
     for world_size in settings.world_sizes:
         samples = settings.batch_size * settings.num_batches * world_size
-        seconds: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
+        median_step: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
+        wall: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         for repeat in range(settings.repeats):
             for engine in engine_order(repeat):
-                seconds[engine].append(measure(engine, world_size, settings)[0]["seconds"])
-        median = {engine: statistics.median(s) for engine, s in seconds.items()}
-        speed = {engine: samples / s for engine, s in median.items()}
-        ratio = speed[LIGHTNING] / speed[TORCHREC]
+                steps = measure(engine, world_size, settings)[0]["steps"]
+                median_step[engine].append(statistics.median(steps))
+                wall[engine].append(sum(steps))
+        seconds = {e: settings.num_batches * statistics.median(v) for e, v in median_step.items()}
+        wall_seconds = {e: statistics.median(v) for e, v in wall.items()}
+        ratio = seconds[TORCHREC] / seconds[LIGHTNING]
         ratios[str(world_size)] = ratio
         repeat_ratios[str(world_size)] = [
-            t / lt for lt, t in zip(seconds[LIGHTNING], seconds[TORCHREC], strict=True)
+            t / lt for lt, t in zip(median_step[LIGHTNING], median_step[TORCHREC], strict=True)
         ]
         for engine in (LIGHTNING, TORCHREC):
             timings.append(
                 {
                     "engine": engine,
                     "step": f"train {world_size} proc",
-                    "seconds": median[engine],
-                    "samples_per_s": speed[engine],
+                    "seconds": seconds[engine],
+                    "samples_per_s": samples / seconds[engine],
                     "ratio": ratio if engine == LIGHTNING else 1.0,
-                    "seconds_per_repeat": seconds[engine],
+                    "median_step_ms_per_repeat": [1000 * v for v in median_step[engine]],
+                    "wall_seconds": wall_seconds[engine],
+                    "wall_seconds_per_repeat": wall[engine],
+                    "ratio_wall": wall_seconds[TORCHREC] / wall_seconds[engine],
                 }
             )
     params = {**asdict(settings), "cpus": os.cpu_count()}

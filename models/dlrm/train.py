@@ -93,7 +93,9 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         trainer = pl.Trainer(
             accelerator=str(trainer_cfg["accelerator"]),
             devices=int(trainer_cfg["devices"]),
-            strategy=TorchRecStrategy(),
+            strategy=TorchRecStrategy(
+                sigterm_broadcast_every_n_steps=int(trainer_cfg["sigterm_broadcast_every_n_steps"])
+            ),
             max_epochs=model_cfg.epochs,
             logger=logger,
             callbacks=callbacks,

@@ -18,11 +18,14 @@ from models.dlrm.bench import (
     measure,
     run_dlrm_bench,
 )
+from recsys.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
 TINY: dict[str, Any] = {
     "seed": 7,
+    # every 2nd step: the thinned-out SIGTERM broadcast runs inside the timed steps too
+    "trainer": {"sigterm_broadcast_every_n_steps": 2},
     "bench": {
         "dlrm": {
             "batch_size": 64,
@@ -44,26 +47,50 @@ ATOL = 1e-5
 def test_tiny_bench_reports_both_engines_and_their_ratio() -> None:
     results = run_dlrm_bench(TINY)
     assert set(results) == {"params", "timings", "ratios", "ratios_per_repeat"}
-    assert results["params"]["batch_size"] == TINY["bench"]["dlrm"]["batch_size"]
+    settings = TINY["bench"]["dlrm"]
+    assert results["params"]["batch_size"] == settings["batch_size"]
     rows = {row["engine"]: row for row in results["timings"]}
     assert [row["engine"] for row in results["timings"]] == [LIGHTNING, TORCHREC]
+    samples = settings["batch_size"] * settings["num_batches"]
     for row in rows.values():
-        assert set(row) == {"engine", "step", "seconds", "samples_per_s", "ratio", "seconds_per_repeat"}
         assert row["step"] == "train 1 proc"
-        assert len(row["seconds_per_repeat"]) == 2
-        assert row["seconds"] == pytest.approx(sum(row["seconds_per_repeat"]) / 2)  # median of two
-        assert row["seconds"] > 0 and row["samples_per_s"] > 0
+        steps = row["median_step_ms_per_repeat"]
+        assert len(steps) == len(row["wall_seconds_per_repeat"]) == 2
+        # num_batches x the median step (median of two repeats = their mean)
+        assert row["seconds"] == pytest.approx(settings["num_batches"] * sum(steps) / 2 / 1000)
+        assert row["samples_per_s"] == pytest.approx(samples / row["seconds"])
+        assert row["wall_seconds"] == pytest.approx(sum(row["wall_seconds_per_repeat"]) / 2)
+        # a step's median interval is at most the whole window
+        assert 0 < min(steps) / 1000 <= min(row["wall_seconds_per_repeat"])
     ratio = rows[LIGHTNING]["samples_per_s"] / rows[TORCHREC]["samples_per_s"]
     assert rows[LIGHTNING]["ratio"] == pytest.approx(ratio)
     assert rows[TORCHREC]["ratio"] == 1.0
     assert results["ratios"] == {"1": pytest.approx(ratio)}
+    assert rows[LIGHTNING]["ratio_wall"] == pytest.approx(
+        rows[TORCHREC]["wall_seconds"] / rows[LIGHTNING]["wall_seconds"]
+    )
     per_repeat = [
         t / lt
         for lt, t in zip(
-            rows[LIGHTNING]["seconds_per_repeat"], rows[TORCHREC]["seconds_per_repeat"], strict=True
+            rows[LIGHTNING]["median_step_ms_per_repeat"],
+            rows[TORCHREC]["median_step_ms_per_repeat"],
+            strict=True,
         )
     ]
     assert results["ratios_per_repeat"] == {"1": pytest.approx(per_repeat)}
+
+
+def test_each_engine_times_every_post_warm_up_step() -> None:
+    settings = DLRMBenchSettings.from_config(TINY)
+    for engine in (LIGHTNING, TORCHREC):
+        steps = measure(engine, 1, settings)[0]["steps"]
+        assert len(steps) == settings.num_batches and all(s > 0 for s in steps), engine
+
+
+def test_warm_up_of_zero_batches_is_refused() -> None:
+    cfg = {**TINY, "bench": {"dlrm": {**TINY["bench"]["dlrm"], "warmup_batches": 0}}}
+    with pytest.raises(ConfigError, match="warmup_batches"):
+        DLRMBenchSettings.from_config(cfg)
 
 
 def test_engines_alternate_which_runs_first() -> None:

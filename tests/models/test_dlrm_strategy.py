@@ -1,0 +1,64 @@
+"""``TorchRecStrategy`` thins out Lightning's per-step SIGTERM broadcast to every N-th training step."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.dlrm.strategy import SIGTERM_BROADCAST, EveryNthCall, TorchRecStrategy
+
+
+def test_every_nth_call_runs_the_function_on_multiples_of_n_only() -> None:
+    ran: list[int] = []
+    throttled = EveryNthCall(lambda: ran.append(throttled.calls), every_n=3)
+    for _ in range(10):
+        throttled()
+    assert ran == [3, 6, 9]
+    with pytest.raises(ValueError, match="every_n=0"):
+        EveryNthCall(lambda: None, every_n=0)
+    with pytest.raises(ValueError, match="sigterm_broadcast_every_n_steps=0"):
+        TorchRecStrategy(sigterm_broadcast_every_n_steps=0)
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        (x,) = batch
+        return self.layer(x).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(strategy: TorchRecStrategy, steps: int) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=strategy,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Linear(), DataLoader(TensorDataset(torch.randn(steps * 4, 2)), batch_size=4))
+    return trainer
+
+
+def test_fit_wraps_the_epoch_loops_sigterm_broadcast() -> None:
+    trainer = _fit(TorchRecStrategy(sigterm_broadcast_every_n_steps=5), steps=7)
+    wrapped = getattr(trainer.fit_loop.epoch_loop, SIGTERM_BROADCAST)
+    assert isinstance(wrapped, EveryNthCall) and wrapped.every_n == 5
+    # Lightning's own broadcast (kept as the wrapped function) is the bound method of the loop
+    assert wrapped.function.__self__ is trainer.fit_loop.epoch_loop  # type: ignore[attr-defined]
+
+
+def test_every_step_leaves_lightnings_broadcast_alone() -> None:
+    trainer = _fit(TorchRecStrategy(sigterm_broadcast_every_n_steps=1), steps=2)
+    assert not isinstance(getattr(trainer.fit_loop.epoch_loop, SIGTERM_BROADCAST), EveryNthCall)
