@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from models.dlrm.module import DLRMLitModule
 from models.dlrm.strategy import SIGTERM_BROADCAST, EveryNthCall, TorchRecStrategy
+from tests.models.test_dlrm_network import COUNTS, make_batches, make_config
 
 
 def test_every_nth_call_runs_the_function_on_multiples_of_n_only() -> None:
@@ -62,3 +64,14 @@ def test_fit_wraps_the_epoch_loops_sigterm_broadcast() -> None:
 def test_every_step_leaves_lightnings_broadcast_alone() -> None:
     trainer = _fit(TorchRecStrategy(sigterm_broadcast_every_n_steps=1), steps=2)
     assert not isinstance(getattr(trainer.fit_loop.epoch_loop, SIGTERM_BROADCAST), EveryNthCall)
+
+
+def test_a_batch_already_on_the_device_is_handed_over_as_it_is() -> None:
+    cfg = make_config()
+    module = DLRMLitModule(cfg, COUNTS)
+    [batch] = make_batches(cfg, n=1, seed=3)
+    cpu = torch.device("cpu")
+    assert module.transfer_batch_to_device(batch, cpu, 0) is batch
+    # anything else goes through Lightning's generic move
+    moved = module.transfer_batch_to_device({"x": torch.ones(2)}, cpu, 0)
+    assert torch.equal(moved["x"], torch.ones(2))
