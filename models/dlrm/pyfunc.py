@@ -68,7 +68,12 @@ def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
             for t in cfg.tables
         ],
         "dense_features": {"log1p": list(cfg.log1p_features), "identity": list(cfg.identity_features)},
-        "optim": {"dense_lr": cfg.optim.dense_lr, "sparse_lr": cfg.optim.sparse_lr, "eps": cfg.optim.eps},
+        "optim": {
+            "dense_lr": cfg.optim.dense_lr,
+            "sparse_lr": cfg.optim.sparse_lr,
+            "eps": cfg.optim.eps,
+            "dense_weight_decay": cfg.optim.dense_weight_decay,
+        },
         "sharding": {
             "sharding_types": list(cfg.sharding.sharding_types),
             "constraints": dict(cfg.sharding.constraints),
@@ -76,6 +81,7 @@ def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
         },
         "batch_size": cfg.batch_size,
         "epochs": cfg.epochs,
+        "early_stopping_patience": cfg.early_stopping_patience,
         "dcn_num_layers": cfg.dcn_num_layers,
         "dcn_low_rank_dim": cfg.dcn_low_rank_dim,
         "shuffle_buffer_rows": cfg.shuffle_buffer_rows,

@@ -36,18 +36,18 @@ EXAMPLE_ROWS = 3
 
 
 def compose_cfg(root: Path, *overrides: str) -> dict[str, Any]:
-    """A config rooted at ``root`` for the synthetic data; ``model=dlrm`` gets the ``segment`` table."""
+    """A config rooted at ``root`` for the synthetic data; a DLRM-family model gets the ``segment`` table."""
     cfg: dict[str, Any] = to_plain(compose([*spark_overrides(root), *SYNTHETIC, *overrides]))
-    if cfg["model"]["name"] == "dlrm":
+    if cfg["model"]["family"] == "dlrm":
         cfg["model"]["tables"] = synthetic_tables(cfg["model"]["tables"])
         cfg["model"]["batch_size"] = BATCH_ROWS
         cfg["model"]["shuffle_buffer_rows"] = None
     return cfg
 
 
-def build_features(spark: SparkSession, root: Path) -> dict[str, Any]:
-    """Ingest + features for the synthetic data under ``root``; returns the ``model=dlrm`` config."""
-    cfg = compose_cfg(root, "model=dlrm")
+def build_features(spark: SparkSession, root: Path, model: str = "dlrm") -> dict[str, Any]:
+    """Ingest + features for the synthetic data under ``root``; returns the ``model=<model>`` config."""
+    cfg = compose_cfg(root, f"model={model}")
     ingest_and_features(spark, cfg)
     return cfg
 
@@ -67,11 +67,12 @@ def train_tiny(cfg: dict[str, Any]) -> DLRMLitModule:
     return module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["dlrm", "dcn"])
 def trained(
-    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict[str, Any], DLRMLitModule]:
-    cfg = build_features(spark, tmp_path_factory.mktemp("dlrm-pyfunc"))
+    """``dcn`` (conf/model/dcn.yaml) looks the recent-items bag up in the item table: two KJT keys, one table."""
+    cfg = build_features(spark, tmp_path_factory.mktemp(f"{request.param}-pyfunc"), request.param)
     return cfg, train_tiny(cfg)
 
 
