@@ -16,6 +16,8 @@ iteration is). The headline is the median step interval (median over steps, then
 intervals (``wall_seconds``) and its ratio (``ratio_wall``) are reported beside it.
 
 The reported ratio is Lightning samples/s over plain-loop samples/s for each world size (1.0 = no overhead).
+Both engines run with ``trainer.malloc`` (``recsys.allocator``), as ``recsys train`` does; the minor page
+faults per timed step of each engine are reported beside the times (``minor_faults_per_step``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule, dense_optimizer_factory
 from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
+from recsys.allocator import MallocSettings, apply_malloc_settings, minor_page_faults
 from recsys.bench import alternating_order
 from recsys.config import conf_dir
 from recsys.errors import ConfigError
@@ -82,6 +85,7 @@ class DLRMBenchSettings:
         optim: learning rates and Adagrad epsilon.
         sigterm_broadcast_every_n_steps: ``trainer.sigterm_broadcast_every_n_steps``, as ``recsys train``
             gives it to the Lightning engine's ``TorchRecStrategy``.
+        malloc: ``trainer.malloc``, applied in every process of both engines (None = glibc's defaults).
     """
 
     batch_size: int
@@ -98,6 +102,7 @@ class DLRMBenchSettings:
     over_arch: tuple[int, ...]
     optim: OptimConfig
     sigterm_broadcast_every_n_steps: int
+    malloc: MallocSettings | None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DLRMBenchSettings:
@@ -125,6 +130,7 @@ class DLRMBenchSettings:
             over_arch=tuple(int(x) for x in model["over_arch_layer_sizes"]),
             optim=OptimConfig(float(optim["dense_lr"]), float(optim["sparse_lr"]), float(optim["eps"])),
             sigterm_broadcast_every_n_steps=int(cfg["trainer"]["sigterm_broadcast_every_n_steps"]),
+            malloc=MallocSettings.from_config(cfg["trainer"]),
         )
 
     @property
@@ -190,19 +196,26 @@ def _pass_through(batch: CTRBatch) -> CTRBatch:
 
 
 class StepClock:
-    """Times of the ends of the last warm-up step and of every timed step; their differences are the step
-    intervals ``[num_batches]`` (seconds)."""
+    """Times (and minor page-fault counts) at the ends of the last warm-up step and of every timed step;
+    their differences are the step intervals ``[num_batches]`` (seconds)."""
 
     def __init__(self, warmup_batches: int) -> None:
         self.warmup_batches = warmup_batches
         self.marks: list[float] = []
+        self.faults: list[int] = []
 
     def step_done(self, index: int) -> None:
         if index >= self.warmup_batches - 1:
             self.marks.append(time.perf_counter())
+            self.faults.append(minor_page_faults())
 
     def intervals(self) -> list[float]:
         return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+    def faults_per_step(self) -> float:
+        """Mean minor page faults per timed step."""
+        steps = len(self.faults) - 1
+        return (self.faults[-1] - self.faults[0]) / steps if steps > 0 else 0.0
 
 
 class _StepTimer(pl.Callback):
@@ -223,8 +236,8 @@ class _StepTimer(pl.Callback):
 
 def _train_lightning(
     cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[list[float], nn.Module]:
-    """``(step intervals, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
+) -> tuple[StepClock, nn.Module]:
+    """``(step clock, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
     timer = _StepTimer(settings)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -248,13 +261,13 @@ def _train_lightning(
     )
     trainer.fit(module, loader)
     assert module.model is not None
-    return timer.clock.intervals(), module.model
+    return timer.clock, module.model
 
 
 def _train_torchrec(
     cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[list[float], nn.Module]:
-    """``(step intervals, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
+) -> tuple[StepClock, nn.Module]:
+    """``(step clock, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
     dist.init_process_group(backend=GLOO)
     torch.manual_seed(settings.seed)
     model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
@@ -269,7 +282,7 @@ def _train_torchrec(
         optimizer.step()
         optimizer.zero_grad()
         clock.step_done(index)
-    return clock.intervals(), model
+    return clock, model
 
 
 def local_state(model: nn.Module) -> ModelState:
@@ -286,8 +299,10 @@ def local_state(model: nn.Module) -> ModelState:
 
 
 def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[str, Any]:
-    """One rank of one measurement: ``{"steps": step intervals (s), "state": ModelState or None}``."""
+    """One rank of one measurement: ``{"steps": step intervals (s), "faults_per_step": minor page faults
+    per timed step, "state": ModelState or None}``."""
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    apply_malloc_settings(settings.malloc)
     # Same threads for both engines: the cores split among the ranks (Lightning sets none under torchelastic).
     threads = max(1, (os.cpu_count() or 1) // world_size)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -295,11 +310,11 @@ def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[
     cfg, counts = bench_model_config(settings)
     batches = make_batches(cfg, settings, rank)
     train = _train_lightning if engine == LIGHTNING else _train_torchrec
-    steps, model = train(cfg, counts, batches, settings)
+    clock, model = train(cfg, counts, batches, settings)
     state = local_state(model) if keep_state else None
     if dist.is_initialized():
         dist.destroy_process_group()
-    return {"steps": steps, "state": state}
+    return {"steps": clock.intervals(), "faults_per_step": clock.faults_per_step(), "state": state}
 
 
 def measure(
@@ -314,8 +329,8 @@ def measure(
         keep_state: also return each rank's trained weights (``ModelState``), e.g. to compare engines.
 
     Returns:
-        ``{rank: {"steps": that rank's ``num_batches`` step intervals in seconds, "state": ModelState or
-        None}}``.
+        ``{rank: {"steps": that rank's ``num_batches`` step intervals in seconds, "faults_per_step": its
+        minor page faults per timed step, "state": ModelState or None}}``.
 
     Raises:
         ValueError: for an unknown engine.
@@ -343,7 +358,8 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         ``seconds`` (``num_batches`` x the median step interval of rank 0, median over repeats),
         ``samples_per_s`` (rows of the timed batches of all ranks / ``seconds``), ``ratio`` (Lightning's
         ``samples_per_s`` over the plain loop's), ``median_step_ms_per_repeat``, and the plain sums:
-        ``wall_seconds`` (median over repeats), ``wall_seconds_per_repeat``, ``ratio_wall``.
+        ``wall_seconds`` (median over repeats), ``wall_seconds_per_repeat``, ``ratio_wall``, and
+        ``minor_faults_per_step`` (rank 0, median over repeats).
     """
     settings = DLRMBenchSettings.from_config(cfg)
     timings: list[dict[str, Any]] = []
@@ -353,11 +369,13 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         samples = settings.batch_size * settings.num_batches * world_size
         median_step: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         wall: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
+        faults: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         for repeat in range(settings.repeats):
             for engine in engine_order(repeat):
-                steps = measure(engine, world_size, settings)[0]["steps"]
-                median_step[engine].append(statistics.median(steps))
-                wall[engine].append(sum(steps))
+                rank0 = measure(engine, world_size, settings)[0]
+                median_step[engine].append(statistics.median(rank0["steps"]))
+                wall[engine].append(sum(rank0["steps"]))
+                faults[engine].append(rank0["faults_per_step"])
         seconds = {e: settings.num_batches * statistics.median(v) for e, v in median_step.items()}
         wall_seconds = {e: statistics.median(v) for e, v in wall.items()}
         ratio = seconds[TORCHREC] / seconds[LIGHTNING]
@@ -377,8 +395,10 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     "wall_seconds": wall_seconds[engine],
                     "wall_seconds_per_repeat": wall[engine],
                     "ratio_wall": wall_seconds[TORCHREC] / wall_seconds[engine],
+                    "minor_faults_per_step": statistics.median(faults[engine]),
                 }
             )
     params = {**asdict(settings), "cpus": os.cpu_count()}
     params["optim"] = asdict(settings.optim)
+    params["malloc"] = None if settings.malloc is None else asdict(settings.malloc)
     return {"params": params, "timings": timings, "ratios": ratios, "ratios_per_repeat": repeat_ratios}

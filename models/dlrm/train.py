@@ -22,6 +22,7 @@ from models.dlrm.module import DLRMLitModule
 from models.dlrm.pyfunc import log_dlrm
 from models.dlrm.rerank import two_stage_evaluation
 from models.dlrm.strategy import TorchRecStrategy
+from recsys.allocator import MallocSettings, apply_malloc_settings
 from recsys.console import console, print_table
 from recsys.manifest import read_manifest
 from recsys.paths import stage_dir
@@ -60,6 +61,8 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     root = Path(cfg["paths"]["root"]).resolve()
     folder = stage_dir(root, str(cfg["run"]["date"]), "features") / CTR_OUTPUT
     model_cfg = DLRMConfig.from_mapping(cfg["model"])
+    # Every rank runs this (Lightning's own launcher reruns the command per rank), before any big tensor.
+    apply_malloc_settings(MallocSettings.from_config(cfg["trainer"]))
     pl.seed_everything(int(cfg["seed"]), workers=True)
     datamodule = CTRDataModule(
         folder, model_cfg, seed=int(cfg["seed"]), shuffle_buffer_rows=model_cfg.shuffle_buffer_rows

@@ -25,7 +25,10 @@ pytestmark = pytest.mark.slow
 TINY: dict[str, Any] = {
     "seed": 7,
     # every 2nd step: the thinned-out SIGTERM broadcast runs inside the timed steps too
-    "trainer": {"sigterm_broadcast_every_n_steps": 2},
+    "trainer": {
+        "sigterm_broadcast_every_n_steps": 2,
+        "malloc": {"mmap_threshold_mib": 256, "trim_threshold_mib": 1024},
+    },
     "bench": {
         "dlrm": {
             "batch_size": 64,
@@ -49,6 +52,7 @@ def test_tiny_bench_reports_both_engines_and_their_ratio() -> None:
     assert set(results) == {"params", "timings", "ratios", "ratios_per_repeat"}
     settings = TINY["bench"]["dlrm"]
     assert results["params"]["batch_size"] == settings["batch_size"]
+    assert results["params"]["malloc"] == TINY["trainer"]["malloc"]
     rows = {row["engine"]: row for row in results["timings"]}
     assert [row["engine"] for row in results["timings"]] == [LIGHTNING, TORCHREC]
     samples = settings["batch_size"] * settings["num_batches"]
@@ -62,6 +66,7 @@ def test_tiny_bench_reports_both_engines_and_their_ratio() -> None:
         assert row["wall_seconds"] == pytest.approx(sum(row["wall_seconds_per_repeat"]) / 2)
         # a step's median interval is at most the whole window
         assert 0 < min(steps) / 1000 <= min(row["wall_seconds_per_repeat"])
+        assert row["minor_faults_per_step"] >= 0
     ratio = rows[LIGHTNING]["samples_per_s"] / rows[TORCHREC]["samples_per_s"]
     assert rows[LIGHTNING]["ratio"] == pytest.approx(ratio)
     assert rows[TORCHREC]["ratio"] == 1.0

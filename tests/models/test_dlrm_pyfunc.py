@@ -71,7 +71,7 @@ def train_tiny(cfg: dict[str, Any]) -> DLRMLitModule:
 def trained(
     request: pytest.FixtureRequest, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict[str, Any], DLRMLitModule]:
-    """``dcn`` (conf/model/dcn.yaml) looks the recent-items bag up in the item table: two KJT keys, one table."""
+    """``dcn`` (conf/model/dcn.yaml) looks the recent-items bag up in the item table: 2 KJT keys, 1 table."""
     cfg = build_features(spark, tmp_path_factory.mktemp(f"{request.param}-pyfunc"), request.param)
     return cfg, train_tiny(cfg)
 
