@@ -11,9 +11,9 @@ The state dict comes from the trained ``DistributedModelParallel``: DMP's ``stat
 ``_dmp_wrapped_module.`` / DDP ``module.`` prefixes, so its keys equal the plain ranker's; only the sharded
 tables (``ShardedTensor`` / ``DTensor``) must be turned into full tensors. In a single-process run every shard
 is local and is copied into place (:func:`unsharded_state_dict`). With several processes each rank holds only
-its shards: the tables must first be gathered (e.g. ``torch.distributed.checkpoint.state_dict.
-get_model_state_dict(..., options=StateDictOptions(full_state_dict=True))`` or ``ShardedTensor.gather`` on
-every rank); :func:`unsharded_state_dict` refuses partial tables rather than writing zeros.
+its shards, and :func:`unsharded_state_dict` refuses partial tables rather than writing zeros; the full
+tables come instead from the run's sharded (DCP) checkpoint, which holds every rank's shards: one process
+reads it whole with DCP's own ``dcp_to_torch_save`` (:func:`full_state_from_checkpoint`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ import torch
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.tensor import DTensor
 
+from models.dlrm.checkpoint import MODEL_KEY
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
 from models.dlrm.module import DLRMLitModule
@@ -130,6 +132,36 @@ def unsharded_state_dict(module: DLRMLitModule) -> dict[str, torch.Tensor]:
     return {name: _full_tensor(name, value) for name, value in module.model.state_dict().items()}
 
 
+LIGHTNING_MODEL_PREFIX = "model."
+"""``DLRMLitModule`` keeps its DMP as ``.model``: the prefix of the ranker's keys in the module's state."""
+
+
+def full_state_from_checkpoint(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Full-tensor ranker state from a sharded checkpoint folder (``TorchRecStrategy.save_checkpoint``).
+
+    Runs in one process, after training (no process group needed): DCP reassembles every rank's shards.
+
+    Returns:
+        ``{DLRMRanker state-dict key: full CPU tensor}``, as :func:`unsharded_state_dict` gives.
+
+    Raises:
+        RuntimeError: the folder holds no ranker weights.
+    """
+    with tempfile.TemporaryDirectory(prefix="recsys-dcp-") as tmp:
+        whole = Path(tmp) / "checkpoint.pt"
+        dcp_to_torch_save(str(folder), str(whole))
+        saved = torch.load(whole, map_location="cpu", weights_only=False)
+    module_state = saved.get(MODEL_KEY, {}) if isinstance(saved, dict) else {}
+    state = {
+        key[len(LIGHTNING_MODEL_PREFIX) :]: value.detach().cpu()
+        for key, value in module_state.items()
+        if key.startswith(LIGHTNING_MODEL_PREFIX) and isinstance(value, torch.Tensor)
+    }
+    if not state:
+        raise RuntimeError(f"{folder}: no '{MODEL_KEY}' ranker weights in this checkpoint.")
+    return state
+
+
 def build_cpu_ranker(
     cfg: DLRMConfig, counts: Mapping[str, int], state: Mapping[str, torch.Tensor]
 ) -> DLRMRanker:
@@ -207,9 +239,15 @@ class DLRMScorer(PythonModel):
 
 
 def save_artifacts(
-    module: DLRMLitModule, cfg: DLRMConfig, counts: Mapping[str, int], folder: Path
+    weights: DLRMLitModule | Mapping[str, torch.Tensor],
+    cfg: DLRMConfig,
+    counts: Mapping[str, int],
+    folder: Path,
 ) -> dict[str, str]:
-    """Write the three artifacts into ``folder`` and return ``{artifact name: path}``."""
+    """Write the three artifacts into ``folder`` and return ``{artifact name: path}``.
+
+    ``weights``: a single-process module, or a full-tensor state (:func:`full_state_from_checkpoint`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         ARTIFACT_CONFIG: folder / "model_config.json",
@@ -218,17 +256,22 @@ def save_artifacts(
     }
     paths[ARTIFACT_CONFIG].write_text(json.dumps(config_to_mapping(cfg), indent=2, sort_keys=True))
     paths[ARTIFACT_COUNTS].write_text(json.dumps({str(k): int(v) for k, v in counts.items()}, sort_keys=True))
-    torch.save(unsharded_state_dict(module), paths[ARTIFACT_STATE])
+    state = unsharded_state_dict(weights) if isinstance(weights, DLRMLitModule) else dict(weights)
+    torch.save(state, paths[ARTIFACT_STATE])
     return {name: str(path) for name, path in paths.items()}
 
 
 def log_dlrm(
-    module: DLRMLitModule, cfg: DLRMConfig, counts: Mapping[str, int], example_rows: pd.DataFrame
+    weights: DLRMLitModule | Mapping[str, torch.Tensor],
+    cfg: DLRMConfig,
+    counts: Mapping[str, int],
+    example_rows: pd.DataFrame,
 ) -> ModelInfo:
     """Log the ranker pyfunc (artifacts, signature, input example) into the active MLflow run.
 
     Args:
-        module: trained single-process module (see :func:`unsharded_state_dict`).
+        weights: trained single-process module (see :func:`unsharded_state_dict`), or the full-tensor state
+            of a multi-process run (:func:`full_state_from_checkpoint`).
         cfg: its model config.
         counts: the manifest counts its tables were sized from.
         example_rows: a few CTR rows used as input example and to infer the signature.
@@ -237,7 +280,7 @@ def log_dlrm(
         The ``ModelInfo`` of the logged model (``model_uri`` for ``mlflow.pyfunc.load_model``/registry).
     """
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = save_artifacts(module, cfg, counts, Path(tmp))
+        artifacts = save_artifacts(weights, cfg, counts, Path(tmp))
         # A loaded copy predicts the example; a fresh one is pickled (weights travel only as artifacts).
         loaded = DLRMScorer()
         loaded.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]

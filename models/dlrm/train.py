@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
 from models.dlrm.module import DLRMLitModule
-from models.dlrm.pyfunc import log_dlrm
+from models.dlrm.pyfunc import full_state_from_checkpoint, log_dlrm
 from models.dlrm.rerank import two_stage_evaluation
 from models.dlrm.strategy import TorchRecStrategy
 from recsys.allocator import MallocSettings, apply_malloc_settings
@@ -37,6 +37,8 @@ MONITOR = "val/auc"
 RETRIEVER = "puresvd"
 # Rows of the CTR output stored as the pyfunc's input example.
 EXAMPLE_ROWS = 5
+FINAL_CHECKPOINT = "final"
+"""Sharded checkpoint written at the end of a multi-process run without a best-validation one (to export)."""
 
 
 class ReshuffleEachEpoch(pl.Callback):
@@ -119,13 +121,23 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             if isinstance(logger, MLFlowLogger):
                 logger.log_metrics({"best/val_auc": metrics["best/val_auc"]})
         rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
-        if trainer.world_size == 1:
-            registration = _register(cfg, module, model_cfg, datamodule, folder, run_id)
+        weights: DLRMLitModule | dict[str, Any] | None = module
+        if trainer.world_size > 1:
+            # Each rank holds only its table shards; the sharded checkpoint holds them all.
+            if best_path is None:
+                best_path = str(checkpoints / FINAL_CHECKPOINT)
+                trainer.save_checkpoint(best_path)  # collective
+            weights = full_state_from_checkpoint(best_path) if trainer.is_global_zero else None
+        if weights is not None:
+            registration = _register(cfg, weights, model_cfg, datamodule, folder, run_id)
             rows.append(("registered", f"{registration.name} v{registration.version}"))
             rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
+        if trainer.world_size == 1:
             two_stage = _two_stage(cfg, module)
             metrics.update(two_stage)
             rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
+        elif trainer.is_global_zero:
+            console.print("two-stage evaluation skipped: it runs in single-process training (trainer=cpu).")
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
     return TrainResult(run_id, metrics, trainer, module)
 
@@ -148,7 +160,7 @@ def checkpoint_dir(cfg: Mapping[str, Any], model_cfg: DLRMConfig) -> Path:
 
 def _register(
     cfg: Mapping[str, Any],
-    module: DLRMLitModule,
+    weights: DLRMLitModule | Mapping[str, Any],
     model_cfg: DLRMConfig,
     datamodule: CTRDataModule,
     folder: Path,
@@ -157,7 +169,7 @@ def _register(
     """Log the scoring pyfunc into the training run and register it behind the promotion gate (test AUC)."""
     columns = [*model_cfg.sparse_features, *model_cfg.dense_features]
     example = read_arrow(folder, columns=columns).slice(0, EXAMPLE_ROWS).to_pandas()
-    info = log_dlrm(module, model_cfg, datamodule.counts, example)
+    info = log_dlrm(weights, model_cfg, datamodule.counts, example)
     manifest = read_manifest(folder)
     eval_set = f"{manifest.source_fingerprint[:16]}-{manifest.config_hash[:16]}"
     name = f"{cfg['prefix']}-{model_cfg.name}"

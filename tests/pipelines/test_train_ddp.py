@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import mlflow
+import numpy as np
+import pyarrow.compute as pc
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from pipelines.markers import read_marker
 from pipelines.runner import RAN, SKIPPED, run_pipeline
 from recsys.config import compose, to_plain
+from recsys.tables import read_arrow
+from tests.models.test_dlrm_pyfunc import as_input
 from tests.pipelines.conftest import Reference, small_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -63,3 +69,18 @@ def test_train_stage_with_ddp_cpu_runs_two_processes(reference_run: Reference) -
     logged = client.get_run(marker.mlflow_run_id)
     assert logged.data.params["trainer.devices"] == "2"
     assert logged.data.metrics["test/auc"] == pytest.approx(marker.metrics["test/auc"])
+
+    # Rank 0 exported the pyfunc from the sharded checkpoint: every table whole, whichever rank held it.
+    mlflow.set_tracking_uri(f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
+    [version] = client.search_model_versions(f"run_id='{marker.mlflow_run_id}'")
+    loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    ranker = loaded.unwrap_python_model().ranker  # type: ignore[attr-defined]
+    tables = {k: v for k, v in ranker.state_dict().items() if "embedding_bags" in k}
+    assert len(tables) == TABLES.count("name:")
+    for name, weight in tables.items():
+        assert torch.count_nonzero(weight) == weight.numel(), name  # trained or initialised, never zeros
+    ctr = read_arrow(reference_run.root / DATE / "features" / "ctr")
+    columns = loaded.metadata.get_input_schema().input_names()
+    rows = as_input(ctr.filter(pc.equal(ctr["split"], "test")).slice(0, 50).to_pandas(), columns)
+    scores = loaded.predict(rows)["score"].to_numpy()
+    assert np.all((scores > 0) & (scores < 1)) and np.ptp(scores) > 0
