@@ -4,9 +4,11 @@ Workload (both engines): a Criteo-like synthetic data set (``num_dense`` log1p d
 single-id categorical features, one table of ``rows_per_table`` rows each, 0/1 labels), built in memory
 before timing. Both engines build the same sharded model (``shard_ranker``, table-wise, fused row-wise Adagrad
 for the tables, Adam for the dense part) from the same seed and train it on the same batches; only the steps
-after ``warmup_batches`` are timed. Every measurement runs in fresh processes (``launch_local``), one per
-rank; each rank trains on its own batches, and rank 0's timing is reported. Each engine is measured
-``repeats`` times, alternating which goes first.
+after ``warmup_batches`` are timed. For each world size, one set of fresh processes (``launch_local``, one
+per rank, sharing one gloo group) runs the whole schedule: each engine ``repeats`` times, alternating which
+goes first, so the runs being compared follow each other within seconds and a repeat costs its training
+only (starting processes and importing TorchRec takes longer than a repeat's timed steps on 2 cores). Each
+rank trains on its own batches, and rank 0's timing is reported.
 
 What is timed: the interval between the ends of two consecutive training steps, for every timed step, in
 both engines (so Lightning's data fetch, hooks and logging between steps are inside it, as the plain loop's
@@ -22,6 +24,7 @@ faults per timed step of each engine are reported beside the times (``minor_faul
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
@@ -268,7 +271,6 @@ def _train_torchrec(
     cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
 ) -> tuple[StepClock, nn.Module]:
     """``(step clock, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
-    dist.init_process_group(backend=GLOO)
     torch.manual_seed(settings.seed)
     model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
@@ -298,47 +300,77 @@ def local_state(model: nn.Module) -> ModelState:
     return state
 
 
-def _worker(engine: str, settings: DLRMBenchSettings, keep_state: bool) -> dict[str, Any]:
-    """One rank of one measurement: ``{"steps": step intervals (s), "faults_per_step": minor page faults
-    per timed step, "state": ModelState or None}``."""
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+def _worker(schedule: tuple[str, ...], settings: DLRMBenchSettings, keep_state: bool) -> list[dict[str, Any]]:
+    """One rank running every training of ``schedule`` in order: for each, ``{"engine", "steps": step
+    intervals (s), "faults_per_step": minor page faults per timed step, "state": ModelState or None}``."""
+    world_size = int(os.environ["WORLD_SIZE"])
     apply_malloc_settings(settings.malloc)
     # Same threads for both engines: the cores split among the ranks (Lightning sets none under torchelastic).
     threads = max(1, (os.cpu_count() or 1) // world_size)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     cfg, counts = bench_model_config(settings)
-    batches = make_batches(cfg, settings, rank)
-    train = _train_lightning if engine == LIGHTNING else _train_torchrec
-    clock, model = train(cfg, counts, batches, settings)
-    state = local_state(model) if keep_state else None
-    if dist.is_initialized():
+    batches = make_batches(cfg, settings, int(os.environ["RANK"]))
+    # One group for the whole schedule: Lightning's strategy finds it initialised and uses it as it is.
+    dist.init_process_group(backend=GLOO)
+    runs: list[dict[str, Any]] = []
+    try:
+        for engine in schedule:
+            train = _train_lightning if engine == LIGHTNING else _train_torchrec
+            clock, model = train(cfg, counts, batches, settings)
+            state = local_state(model) if keep_state else None
+            runs.append(
+                {
+                    "engine": engine,
+                    "steps": clock.intervals(),
+                    "faults_per_step": clock.faults_per_step(),
+                    "state": state,
+                }
+            )
+            del model
+            gc.collect()  # the previous run's model and optimizer state go before the next one allocates
+    finally:
         dist.destroy_process_group()
-    return {"steps": clock.intervals(), "faults_per_step": clock.faults_per_step(), "state": state}
+    return runs
+
+
+def measure_schedule(
+    schedule: tuple[str, ...], world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
+) -> dict[int, list[dict[str, Any]]]:
+    """Train once per entry of ``schedule`` (engine names, in order) in one set of ``world_size`` fresh
+    processes.
+
+    Returns:
+        ``{rank: [{"engine", "steps": that rank's ``num_batches`` step intervals in seconds,
+        "faults_per_step": its minor page faults per timed step, "state": ModelState or None}, ...]}``,
+        one entry per schedule entry.
+
+    Raises:
+        ValueError: for an unknown engine.
+    """
+    unknown = sorted(set(schedule) - {LIGHTNING, TORCHREC})
+    if unknown:
+        raise ValueError(f"engines {unknown}; choose {LIGHTNING!r} or {TORCHREC!r}.")
+    results: dict[int, list[dict[str, Any]]] = launch_local(
+        _worker, world_size, schedule, settings, keep_state
+    )
+    return results
 
 
 def measure(
     engine: str, world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
 ) -> dict[int, dict[str, Any]]:
-    """Train with ``engine`` (``"lightning"`` or ``"torchrec"``) in ``world_size`` fresh processes.
-
-    Args:
-        engine: ``LIGHTNING`` or ``TORCHREC``.
-        world_size: processes (gloo ranks) to start.
-        settings: workload.
-        keep_state: also return each rank's trained weights (``ModelState``), e.g. to compare engines.
+    """One training with ``engine`` (``"lightning"`` or ``"torchrec"``) in ``world_size`` fresh processes.
 
     Returns:
-        ``{rank: {"steps": that rank's ``num_batches`` step intervals in seconds, "faults_per_step": its
-        minor page faults per timed step, "state": ModelState or None}}``.
+        ``{rank: {"engine", "steps", "faults_per_step", "state"}}`` as one entry of ``measure_schedule``.
 
     Raises:
         ValueError: for an unknown engine.
     """
-    if engine not in (LIGHTNING, TORCHREC):
-        raise ValueError(f"engine {engine!r}; choose {LIGHTNING!r} or {TORCHREC!r}.")
-    results: dict[int, dict[str, Any]] = launch_local(_worker, world_size, engine, settings, keep_state)
-    return results
+    return {
+        rank: runs[0] for rank, runs in measure_schedule((engine,), world_size, settings, keep_state).items()
+    }
 
 
 def engine_order(repeat: int) -> tuple[str, str]:
@@ -370,12 +402,12 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         median_step: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         wall: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         faults: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
-        for repeat in range(settings.repeats):
-            for engine in engine_order(repeat):
-                rank0 = measure(engine, world_size, settings)[0]
-                median_step[engine].append(statistics.median(rank0["steps"]))
-                wall[engine].append(sum(rank0["steps"]))
-                faults[engine].append(rank0["faults_per_step"])
+        schedule = tuple(engine for repeat in range(settings.repeats) for engine in engine_order(repeat))
+        for run in measure_schedule(schedule, world_size, settings)[0]:
+            engine = run["engine"]
+            median_step[engine].append(statistics.median(run["steps"]))
+            wall[engine].append(sum(run["steps"]))
+            faults[engine].append(run["faults_per_step"])
         seconds = {e: settings.num_batches * statistics.median(v) for e, v in median_step.items()}
         wall_seconds = {e: statistics.median(v) for e, v in wall.items()}
         ratio = seconds[TORCHREC] / seconds[LIGHTNING]
