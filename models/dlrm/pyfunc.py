@@ -32,7 +32,9 @@ import torch
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.tensor import DTensor
 
 from models.dlrm.checkpoint import MODEL_KEY
@@ -139,7 +141,9 @@ LIGHTNING_MODEL_PREFIX = "model."
 def full_state_from_checkpoint(folder: str | Path) -> dict[str, torch.Tensor]:
     """Full-tensor ranker state from a sharded checkpoint folder (``TorchRecStrategy.save_checkpoint``).
 
-    Runs in one process, after training (no process group needed): DCP reassembles every rank's shards.
+    Runs in one process, after training (no process group needed). DCP's metadata gives every model
+    tensor's full size, and DCP reads every rank's shards of it straight into one CPU tensor; the optimizer
+    state beside them (Adam's two moments, the Adagrad rows) is never read.
 
     Returns:
         ``{DLRMRanker state-dict key: full CPU tensor}``, as :func:`unsharded_state_dict` gives.
@@ -147,19 +151,18 @@ def full_state_from_checkpoint(folder: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         RuntimeError: the folder holds no ranker weights.
     """
-    with tempfile.TemporaryDirectory(prefix="recsys-dcp-") as tmp:
-        whole = Path(tmp) / "checkpoint.pt"
-        dcp_to_torch_save(str(folder), str(whole))
-        saved = torch.load(whole, map_location="cpu", weights_only=False)
-    module_state = saved.get(MODEL_KEY, {}) if isinstance(saved, dict) else {}
+    reader = FileSystemReader(str(folder))
+    # Keys as DCP flattened them: the module state's key under MODEL_KEY, the ranker's under the module's.
+    prefix = f"{MODEL_KEY}.{LIGHTNING_MODEL_PREFIX}"
     state = {
-        key[len(LIGHTNING_MODEL_PREFIX) :]: value.detach().cpu()
-        for key, value in module_state.items()
-        if key.startswith(LIGHTNING_MODEL_PREFIX) and isinstance(value, torch.Tensor)
+        key: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        for key, meta in reader.read_metadata().state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
     }
     if not state:
         raise RuntimeError(f"{folder}: no '{MODEL_KEY}' ranker weights in this checkpoint.")
-    return state
+    dcp_load(state, storage_reader=reader, no_dist=True)
+    return {key[len(prefix) :]: value for key, value in state.items()}
 
 
 def build_cpu_ranker(

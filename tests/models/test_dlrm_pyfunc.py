@@ -15,10 +15,17 @@ import pytest
 import torch
 from pyspark.sql import SparkSession
 
+from models.dlrm.checkpoint import save_sharded
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule
 from models.dlrm.module import DLRMLitModule
-from models.dlrm.pyfunc import SCORE, config_to_mapping, log_dlrm, unsharded_state_dict
+from models.dlrm.pyfunc import (
+    SCORE,
+    config_to_mapping,
+    full_state_from_checkpoint,
+    log_dlrm,
+    unsharded_state_dict,
+)
 from recsys.config import compose, to_plain
 from recsys.schema import LABEL
 from recsys.tables import read_arrow
@@ -124,3 +131,24 @@ def test_unsharded_state_dict_has_full_tables(trained: tuple[dict[str, Any], DLR
         weight = state[f"model.sparse_arch.embedding_bag_collection.embedding_bags.{table.name}.weight"]
         assert weight.shape == (table.num_embeddings(module.counts), module.cfg.embedding_dim)
         assert torch.count_nonzero(weight) > 0
+
+
+def test_state_read_from_a_sharded_checkpoint_equals_the_trained_modules(
+    trained: tuple[dict[str, Any], DLRMLitModule], tmp_path: Path
+) -> None:
+    # What a multi-process run registers: the model part of the DCP checkpoint, optimizer state beside it.
+    _, module = trained
+    folder = tmp_path / "ckpt"
+    save_sharded(folder, module, module.trainer.optimizers)
+    state = full_state_from_checkpoint(folder)
+    expected = unsharded_state_dict(module)
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "linear"
+    save_sharded(folder, torch.nn.Linear(2, 1))  # weights, but not a DLRMLitModule's ranker
+    with pytest.raises(RuntimeError, match="no 'model' ranker weights"):
+        full_state_from_checkpoint(folder)
