@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.tensor import DTensor
 
+from models.dlrm.batch import CTRBatch
 from models.dlrm.checkpoint import MODEL_KEY
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
@@ -173,6 +175,25 @@ def build_cpu_ranker(
     ranker = DLRMRanker(cfg, build_embedding_bag_collection(cfg, counts, cpu), dense_device=cpu)
     ranker.load_state_dict(dict(state), strict=True)
     return ranker.eval()
+
+
+@dataclass(frozen=True)
+class CPUScorer:
+    """A whole ranker on the CPU (what the pyfunc serves) with the trained module's scoring contract
+    (``cfg``, ``score(batch) -> [B]`` probabilities), for work after a multi-process run on one rank."""
+
+    cfg: DLRMConfig
+    ranker: DLRMRanker
+
+    @classmethod
+    def from_state(
+        cls, cfg: DLRMConfig, counts: Mapping[str, int], state: Mapping[str, torch.Tensor]
+    ) -> CPUScorer:
+        return cls(cfg, build_cpu_ranker(cfg, counts, state))
+
+    def score(self, batch: CTRBatch) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self.ranker(batch))
 
 
 def rows_to_arrow(rows: pd.DataFrame, cfg: DLRMConfig) -> pa.Table:

@@ -65,7 +65,8 @@ FloatArray = npt.NDArray[np.float64]
 class Ranker(Protocol):
     """What the re-ranking needs: the model config (columns) and ``score(batch) -> [B]`` probabilities."""
 
-    cfg: DLRMConfig
+    @property
+    def cfg(self) -> DLRMConfig: ...
 
     def score(self, batch: CTRBatch) -> torch.Tensor: ...
 

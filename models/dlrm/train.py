@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
 from models.dlrm.module import DLRMLitModule
-from models.dlrm.pyfunc import full_state_from_checkpoint, log_dlrm
-from models.dlrm.rerank import two_stage_evaluation
+from models.dlrm.pyfunc import CPUScorer, full_state_from_checkpoint, log_dlrm
+from models.dlrm.rerank import Ranker, two_stage_evaluation
 from models.dlrm.strategy import TorchRecStrategy
 from recsys.allocator import MallocSettings, apply_malloc_settings
 from recsys.console import console, print_table
@@ -132,12 +132,15 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             registration = _register(cfg, weights, model_cfg, datamodule, folder, run_id)
             rows.append(("registered", f"{registration.name} v{registration.version}"))
             rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
-        if trainer.world_size == 1:
-            two_stage = _two_stage(cfg, module)
-            metrics.update(two_stage)
-            rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
-        elif trainer.is_global_zero:
-            console.print("two-stage evaluation skipped: it runs in single-process training (trainer=cpu).")
+        if isinstance(weights, DLRMLitModule):
+            two_stage = _two_stage(cfg, weights)
+        elif weights is not None:
+            # Rank 0 alone: the whole ranker, rebuilt on the CPU from the shards of every rank.
+            two_stage = _two_stage(cfg, CPUScorer.from_state(model_cfg, datamodule.counts, weights))
+        else:
+            two_stage = {}
+        metrics.update(two_stage)
+        rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
     return TrainResult(run_id, metrics, trainer, module)
 
@@ -176,7 +179,7 @@ def _register(
     return register_and_gate(info.model_uri, name, run_id, PROMOTION_METRIC, eval_set)
 
 
-def _two_stage(cfg: Mapping[str, Any], module: DLRMLitModule) -> dict[str, float]:
+def _two_stage(cfg: Mapping[str, Any], module: Ranker) -> dict[str, float]:
     """Retriever candidates re-ranked by the DLRM, when this snapshot has an evaluated retriever."""
     root = Path(cfg["paths"]["root"]).resolve()
     vectors = stage_dir(root, str(cfg["run"]["date"]), "evaluate") / RETRIEVER / "item_vectors.npy"

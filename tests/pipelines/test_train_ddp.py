@@ -69,6 +69,15 @@ def test_train_stage_with_ddp_cpu_runs_two_processes(reference_run: Reference) -
     logged = client.get_run(marker.mlflow_run_id)
     assert logged.data.params["trainer.devices"] == "2"
     assert logged.data.metrics["test/auc"] == pytest.approx(marker.metrics["test/auc"])
+    # The reference run evaluated the retriever, so rank 0 re-ranked its candidates with the whole ranker.
+    for name in (
+        "two_stage/retrieval_ndcg_at_10",
+        "two_stage/reranked_ndcg_at_10",
+        "two_stage/candidate_recall",
+    ):
+        assert 0.0 <= marker.metrics[name] <= 1.0, name
+        assert logged.data.metrics[name] == pytest.approx(marker.metrics[name]), name
+    assert marker.metrics["two_stage/reranked_ndcg_at_10"] != marker.metrics["two_stage/retrieval_ndcg_at_10"]
 
     # Rank 0 exported the pyfunc from the sharded checkpoint: every table whole, whichever rank held it.
     mlflow.set_tracking_uri(f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
