@@ -13,7 +13,7 @@ tables (``ShardedTensor`` / ``DTensor``) must be turned into full tensors. In a 
 is local and is copied into place (:func:`unsharded_state_dict`). With several processes each rank holds only
 its shards, and :func:`unsharded_state_dict` refuses partial tables rather than writing zeros; the full
 tables come instead from the run's sharded (DCP) checkpoint, which holds every rank's shards: one process
-reads it whole with DCP's own ``dcp_to_torch_save`` (:func:`full_state_from_checkpoint`).
+reads the model tensors whole with DCP's own ``load`` (:func:`full_state_from_checkpoint`).
 """
 
 from __future__ import annotations

@@ -132,15 +132,9 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
             registration = _register(cfg, weights, model_cfg, datamodule, folder, run_id)
             rows.append(("registered", f"{registration.name} v{registration.version}"))
             rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
-        if isinstance(weights, DLRMLitModule):
-            two_stage = _two_stage(cfg, weights)
-        elif weights is not None:
-            # Rank 0 alone: the whole ranker, rebuilt on the CPU from the shards of every rank.
-            two_stage = _two_stage(cfg, CPUScorer.from_state(model_cfg, datamodule.counts, weights))
-        else:
-            two_stage = {}
-        metrics.update(two_stage)
-        rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
+            two_stage = _two_stage(cfg, weights, model_cfg, datamodule.counts)
+            metrics.update(two_stage)
+            rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
     return TrainResult(run_id, metrics, trainer, module)
 
@@ -179,8 +173,17 @@ def _register(
     return register_and_gate(info.model_uri, name, run_id, PROMOTION_METRIC, eval_set)
 
 
-def _two_stage(cfg: Mapping[str, Any], module: Ranker) -> dict[str, float]:
-    """Retriever candidates re-ranked by the DLRM, when this snapshot has an evaluated retriever."""
+def _two_stage(
+    cfg: Mapping[str, Any],
+    weights: DLRMLitModule | Mapping[str, Any],
+    model_cfg: DLRMConfig,
+    counts: Mapping[str, int],
+) -> dict[str, float]:
+    """Retriever candidates re-ranked by the DLRM, when this snapshot has an evaluated retriever.
+
+    ``weights``: the trained module, or (after a multi-process run, on rank 0) the full-tensor state, from
+    which a whole CPU ranker is built only once the retriever is known to be there.
+    """
     root = Path(cfg["paths"]["root"]).resolve()
     vectors = stage_dir(root, str(cfg["run"]["date"]), "evaluate") / RETRIEVER / "item_vectors.npy"
     if not vectors.is_file():
@@ -188,7 +191,10 @@ def _two_stage(cfg: Mapping[str, Any], module: Ranker) -> dict[str, float]:
             f"two-stage evaluation skipped: no {vectors} (run `recsys evaluate model={RETRIEVER}`)."
         )
         return {}
-    result = two_stage_evaluation(cfg, module, retriever=RETRIEVER)
+    ranker: Ranker = (
+        weights if isinstance(weights, DLRMLitModule) else CPUScorer.from_state(model_cfg, counts, weights)
+    )
+    result = two_stage_evaluation(cfg, ranker, retriever=RETRIEVER)
     out = {
         "two_stage/retrieval_ndcg_at_10": result.retrieval_ndcg_at_10,
         "two_stage/reranked_ndcg_at_10": result.reranked_ndcg_at_10,
