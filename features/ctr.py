@@ -1,6 +1,10 @@
 """CTR samples for rankers (DLRM): one row per (user, item, timestamp) with a 0/1 label and
 point-in-time features.
 
+The raw ``rating`` is carried (null for sampled negatives and unrated events) so that a ranker may learn
+from the graded rating as well as from the 0/1 label (``model.objective=ordinal``); it is a target,
+never a feature.
+
 Labels: an explicit ``label`` wins; otherwise ``rating >= rating_threshold``; an event with neither is an
 implicit positive, and ``negatives_per_positive`` items the user never interacted with are sampled for it
 (uniform over the item vocabulary, seeded hash, so reruns give the same rows).
@@ -74,6 +78,7 @@ def sample_negatives(events: DataFrame, num_items_total: int, cfg: CTRConfig) ->
     seen = events.select(USER_IDX, ITEM_IDX).distinct()
     negatives = candidates.join(seen, on=[USER_IDX, ITEM_IDX], how="left_anti")
     negatives = negatives.dropDuplicates([USER_IDX, TIMESTAMP, ITEM_IDX])
+    negatives = negatives.withColumn(RATING, F.lit(None).cast("double"))
     return negatives.withColumn(LABEL, F.lit(0)).withColumn(IS_EVENT, F.lit(0)).drop("draw")
 
 
@@ -98,13 +103,13 @@ def with_point_in_time_stats(samples: DataFrame) -> DataFrame:
 def build_ctr_samples(events: DataFrame, num_items_total: int, cfg: CTRConfig) -> DataFrame:
     """CTR rows from split, encoded events (``user_idx, item_idx, item_id, timestamp, rating, label, split``).
 
-    Returns ``user_idx, item_idx, timestamp, split, label, recent_item_idx`` + :data:`STAT_COLUMNS`.
+    Returns ``user_idx, item_idx, timestamp, split, label, rating, recent_item_idx`` + :data:`STAT_COLUMNS`.
     """
     labelled = with_recent_items(label_events(events, cfg.rating_threshold), cfg.recent_items)
-    positives = labelled.withColumn(IS_EVENT, F.lit(1))
-    columns = [USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT, LABEL, RECENT_ITEMS, IS_EVENT, "implicit"]
+    positives = labelled.withColumn(IS_EVENT, F.lit(1)).withColumn(RATING, F.col(RATING).cast("double"))
+    columns = [USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT, LABEL, RATING, RECENT_ITEMS, IS_EVENT, "implicit"]
     samples = positives.select(*columns)
     if cfg.negatives_per_positive > 0:
         samples = samples.unionByName(sample_negatives(positives.select(*columns), num_items_total, cfg))
     stats = with_point_in_time_stats(samples)
-    return stats.select(USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT, LABEL, RECENT_ITEMS, *STAT_COLUMNS)
+    return stats.select(USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT, LABEL, RATING, RECENT_ITEMS, *STAT_COLUMNS)

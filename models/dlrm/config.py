@@ -11,6 +11,7 @@ from recsys.errors import ConfigError
 
 POOLINGS = ("sum", "mean")
 INTERACTIONS = ("dot", "dcn")
+OBJECTIVES = ("binary", "ordinal")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class DLRMConfig:
     dcn_low_rank_dim: int = 64
     shuffle_buffer_rows: int | None = None
     early_stopping_patience: int | None = None
+    # binary: BCE on the 0/1 label. ordinal: also BCE on "rating >= cut" for each of ``ordinal_cuts``,
+    # through the same logit shifted by a per-cut constant (a cumulative-link model, see module.py).
+    objective: str = "binary"
+    ordinal_cuts: tuple[float, ...] = ()
 
     @property
     def sparse_features(self) -> tuple[str, ...]:
@@ -124,11 +129,20 @@ class DLRMConfig:
             early_stopping_patience=None
             if m.get("early_stopping_patience") is None
             else int(m["early_stopping_patience"]),
+            objective=str(m.get("objective", "binary")),
+            ordinal_cuts=tuple(float(c) for c in m.get("ordinal_cuts") or ()),
         )
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective={self.objective!r}; choose one of {OBJECTIVES}.")
+        if self.objective == "ordinal" and not self.ordinal_cuts:
+            raise ConfigError(
+                "model.objective=ordinal needs model.ordinal_cuts, the rating levels besides the label's "
+                "threshold, e.g. [2, 3, 5] for 1-5 star ratings labelled by rating >= 4."
+            )
         if self.interaction not in INTERACTIONS:
             raise ConfigError(f"model.interaction={self.interaction!r}; choose one of {INTERACTIONS}.")
         if self.dense_arch_layer_sizes[-1] != self.embedding_dim:

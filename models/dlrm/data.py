@@ -32,7 +32,7 @@ from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from recsys.errors import ManifestError
 from recsys.manifest import MANIFEST_FILE, Manifest, read_manifest
-from recsys.schema import LABEL, OOV_INDEX, SPLIT
+from recsys.schema import LABEL, OOV_INDEX, RATING, SPLIT
 from recsys.tables import parquet_files
 
 TRAIN_SPLIT = "train"
@@ -65,20 +65,25 @@ class CTRBatchBuilder:
       the ``min(vocabulary, max_rows)`` rows TorchRec allocates (collisions are accepted; hashed ids may
       share a row with padding or OOV).
     - labels ``[B]`` float32 in {0, 1}.
+    - ratings ``[B]`` float32 (null -> NaN), only with ``with_ratings`` (training targets of the ordinal
+      objective; scoring never needs them).
 
     Args:
         config: model config naming the columns.
         source: the folder the rows come from, named in error messages.
+        with_ratings: also read the ``rating`` column into ``CTRBatch.ratings``.
     """
 
-    def __init__(self, config: DLRMConfig, source: Path) -> None:
+    def __init__(self, config: DLRMConfig, source: Path, *, with_ratings: bool = False) -> None:
         self.config = config
         self.source = source
         self.keys = list(config.sparse_features)
         self.max_rows: dict[str, int] = {
             feature: table.max_rows for table in config.tables if table.max_rows for feature in table.features
         }
-        self.required = (*config.sparse_features, *config.dense_features, LABEL)
+        self.with_ratings = with_ratings
+        targets = (LABEL, RATING) if with_ratings else (LABEL,)
+        self.required = (*config.sparse_features, *config.dense_features, *targets)
 
     def __call__(self, rows: pa.Table | pa.RecordBatch) -> CTRBatch:
         """Build the batch of ``rows``.
@@ -93,7 +98,8 @@ class CTRBatchBuilder:
             ManifestError: a configured column is missing, has a non-id type, or a label is null.
         """
         self.check_columns(rows.schema.names)
-        return CTRBatch(dense=self._dense(rows), sparse=self._sparse(rows), labels=self._labels(rows))
+        ratings = self._ratings(rows) if self.with_ratings else None
+        return CTRBatch(self._dense(rows), self._sparse(rows), self._labels(rows), ratings)
 
     def check_columns(self, available: list[str]) -> None:
         """Fail on the first configured column that is not in ``available``.
@@ -153,6 +159,10 @@ class CTRBatchBuilder:
             raise ManifestError(f"{self.source}: column {LABEL!r} has {labels.null_count} null values.")
         return torch.from_numpy(np.array(labels.to_numpy(), dtype=np.float32))
 
+    def _ratings(self, rows: pa.Table | pa.RecordBatch) -> torch.Tensor:
+        ratings = pc.fill_null(_combined(rows, RATING).cast(pa.float64()), float("nan"))
+        return torch.from_numpy(np.asarray(ratings.to_numpy(zero_copy_only=False), dtype=np.float32))
+
 
 class CTRIterableDataset(IterableDataset[CTRBatch]):
     """Streams one split of the ctr output as whole :class:`CTRBatch` objects of ``batch_size`` rows.
@@ -208,7 +218,7 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
             raise ValueError(f"rank {rank} outside [0, world_size={world_size}).")
         self.folder = folder
         self.split = split
-        self.builder = CTRBatchBuilder(config, folder)
+        self.builder = CTRBatchBuilder(config, folder, with_ratings=config.objective == "ordinal")
         self.columns = list(dict.fromkeys(self.builder.required))
         self.seed = seed
         self.shuffle = shuffle
@@ -294,6 +304,10 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
         return buffer.take(rng.permutation(buffer.num_rows)) if self.shuffle else buffer
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 def _in_split(folder: Path, path: Path, split: str) -> bool:
     return f"{SPLIT}={split}" in path.relative_to(folder).parts
 
@@ -312,6 +326,8 @@ def check_ctr_columns(folder: Path, manifest: Manifest, config: DLRMConfig) -> N
         (config.dense_features, _NUMERIC_TYPES, "dense feature (numeric)"),
         ((LABEL,), _NUMERIC_TYPES, "label (numeric)"),
     ]
+    if config.objective == "ordinal":
+        roles.append(((RATING,), _NUMERIC_TYPES, "rating (numeric; target of model.objective=ordinal)"))
     for columns, accepted, role in roles:
         for column in columns:
             if column not in found:
@@ -375,6 +391,39 @@ class CTRDataModule(LightningDataModule):
     def counts(self) -> Mapping[str, int]:
         """Manifest counts: table sizes (``num_users``, ``num_cat_0``, ...) and row counts."""
         return self.manifest.counts
+
+    def rating_cut_shifts(self) -> tuple[float, ...]:
+        """Logit shifts from the label to each ``config.ordinal_cuts`` level, from the training split.
+
+        ``shift_k = logit(P(rating >= cut_k)) - logit(P(label = 1))`` over the training rows that have a
+        rating: the ordinal objective's thresholds placed at the marginal rates (see
+        ``models.dlrm.module.ordinal_loss``). Every rank reads the same split, so all get the same shifts.
+
+        Raises:
+            ManifestError: the split has no rated rows, or a cut (or the label) is never or always met.
+        """
+        files = [f for f in parquet_files(self.folder) if _in_split(self.folder, f, TRAIN_SPLIT)]
+        table = pa.concat_tables([pq.read_table(f, columns=[RATING, LABEL]) for f in files])
+        ratings = np.asarray(pc.fill_null(table[RATING].cast(pa.float64()), float("nan")).to_numpy())
+        labels = np.asarray(pc.fill_null(table[LABEL].cast(pa.float64()), float("nan")).to_numpy())
+        rated = ~np.isnan(ratings)
+        if not rated.any():
+            raise ManifestError(
+                f"{self.folder}: model.objective=ordinal, but column {RATING!r} of the {TRAIN_SPLIT!r} split "
+                "is null on every row (no graded ratings to learn from); use model.objective=binary."
+            )
+        rates = {"label = 1": float(np.mean(labels[rated]))}
+        rates |= {
+            f"rating >= {cut:g}": float(np.mean(ratings[rated] >= cut)) for cut in self.config.ordinal_cuts
+        }
+        for name, rate in rates.items():
+            if not 0.0 < rate < 1.0:
+                raise ManifestError(
+                    f"{self.folder}: model.ordinal_cuts: {name!r} holds for {rate:.0%} of the rated "
+                    f"{TRAIN_SPLIT!r} rows; every cut must split them (e.g. [2, 3, 5] for 1-5 stars)."
+                )
+        label_logit = _logit(rates.pop("label = 1"))
+        return tuple(_logit(rate) - label_logit for rate in rates.values())
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the training split for ``epoch`` (takes effect at the next ``iter`` of its loader)."""

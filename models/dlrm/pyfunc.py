@@ -91,6 +91,8 @@ def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
         "dcn_num_layers": cfg.dcn_num_layers,
         "dcn_low_rank_dim": cfg.dcn_low_rank_dim,
         "shuffle_buffer_rows": cfg.shuffle_buffer_rows,
+        "objective": cfg.objective,
+        "ordinal_cuts": list(cfg.ordinal_cuts),
     }
 
 

@@ -97,12 +97,17 @@ def test_labels_and_negative_sampling(run: FeaturesResult) -> None:
     events = _events(run)
     ctr = read_arrow(run.stage_dir / "ctr").to_pandas()
     positives = ctr.merge(
-        events[["user_idx", "item_idx", "timestamp", "label"]],
+        events[["user_idx", "item_idx", "timestamp", "label", "rating"]],
         on=["user_idx", "item_idx", "timestamp"],
         suffixes=("", "_event"),
     )
     assert len(positives) == len(events)
     assert (positives["label"] == positives["label_event"]).all()
+    # The raw rating rides along as a training target (model.objective=ordinal): equal where rated.
+    assert positives["rating"].isna().equals(positives["rating_event"].isna())
+    rated = positives["rating_event"].notna()
+    assert 0 < rated.sum() < len(positives)
+    assert (positives.loc[rated, "rating"] == positives.loc[rated, "rating_event"]).all()
     negatives = ctr.merge(
         events[["user_idx", "item_idx", "timestamp"]],
         how="left",
@@ -113,6 +118,7 @@ def test_labels_and_negative_sampling(run: FeaturesResult) -> None:
     implicit = int(events["rating"].isna().sum())
     assert 0 < len(negatives) <= NEGATIVES * implicit
     assert (negatives["label"] == 0).all()
+    assert negatives["rating"].isna().all()
     consumed = set(zip(events["user_idx"], events["item_idx"], strict=True))
     assert not any(
         (u, i) in consumed for u, i in zip(negatives["user_idx"], negatives["item_idx"], strict=True)
