@@ -242,7 +242,7 @@ class DLRMScorer(PythonModel):
         }
         self.config = DLRMConfig.from_mapping(config)
         state = torch.load(context.artifacts[ARTIFACT_STATE], map_location="cpu", weights_only=True)
-        self.ranker = build_cpu_ranker(self.config, self.counts, state)
+        self.scorer = CPUScorer.from_state(self.config, self.counts, state)
         self.builder = CTRBatchBuilder(self.config, PYFUNC_SOURCE)
 
     def predict(
@@ -259,9 +259,7 @@ class DLRMScorer(PythonModel):
             ``DataFrame`` with one float column ``score`` ``[B]`` in (0, 1).
         """
         batch = self.builder(rows_to_arrow(model_input, self.config))
-        with torch.no_grad():
-            scores = torch.sigmoid(self.ranker(batch))
-        return pd.DataFrame({SCORE: scores.double().numpy()})
+        return pd.DataFrame({SCORE: self.scorer.score(batch).double().numpy()})
 
 
 def save_artifacts(

@@ -83,7 +83,7 @@ def test_train_stage_with_ddp_cpu_runs_two_processes(reference_run: Reference) -
     mlflow.set_tracking_uri(f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
     [version] = client.search_model_versions(f"run_id='{marker.mlflow_run_id}'")
     loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
-    ranker = loaded.unwrap_python_model().ranker  # type: ignore[attr-defined]
+    ranker = loaded.unwrap_python_model().scorer.ranker  # type: ignore[attr-defined]
     tables = {k: v for k, v in ranker.state_dict().items() if "embedding_bags" in k}
     assert len(tables) == TABLES.count("name:")
     for name, weight in tables.items():
