@@ -16,6 +16,22 @@ from recsys.config import compose, to_plain
 
 _MARKERS_BY_FOLDER = {"features": "spark", "e2e": "e2e"}
 
+# A trainer run inside the test process (Lightning) writes its rendezvous into os.environ, and its process
+# group keeps that port open; a later test's `recsys train` subprocess inherits MASTER_PORT and fails with
+# EADDRINUSE. So every test ends with these variables as they were when the session started.
+_RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+_SESSION_RENDEZVOUS = {name: os.environ.get(name) for name in _RENDEZVOUS_VARIABLES}
+
+
+@pytest.fixture(autouse=True)
+def _session_rendezvous() -> Iterator[None]:
+    yield
+    for name, value in _SESSION_RENDEZVOUS.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers follow the folder a test lives in, so `-m "not e2e"` works without decorating each test."""
