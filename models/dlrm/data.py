@@ -160,8 +160,7 @@ class CTRBatchBuilder:
         return torch.from_numpy(np.array(labels.to_numpy(), dtype=np.float32))
 
     def _ratings(self, rows: pa.Table | pa.RecordBatch) -> torch.Tensor:
-        ratings = pc.fill_null(_combined(rows, RATING).cast(pa.float64()), float("nan"))
-        return torch.from_numpy(np.asarray(ratings.to_numpy(zero_copy_only=False), dtype=np.float32))
+        return torch.from_numpy(_nan_filled(_combined(rows, RATING)).astype(np.float32))
 
 
 class CTRIterableDataset(IterableDataset[CTRBatch]):
@@ -304,6 +303,12 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
         return buffer.take(rng.permutation(buffer.num_rows)) if self.shuffle else buffer
 
 
+def _nan_filled(column: pa.Array | pa.ChunkedArray) -> NDArray[np.float64]:
+    """A numeric column as float64 with nulls as NaN (ratings: null where a row has none)."""
+    filled = pc.fill_null(column.cast(pa.float64()), float("nan"))
+    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -404,26 +409,23 @@ class CTRDataModule(LightningDataModule):
         """
         files = [f for f in parquet_files(self.folder) if _in_split(self.folder, f, TRAIN_SPLIT)]
         table = pa.concat_tables([pq.read_table(f, columns=[RATING, LABEL]) for f in files])
-        ratings = np.asarray(pc.fill_null(table[RATING].cast(pa.float64()), float("nan")).to_numpy())
-        labels = np.asarray(pc.fill_null(table[LABEL].cast(pa.float64()), float("nan")).to_numpy())
+        ratings, labels = _nan_filled(table[RATING]), _nan_filled(table[LABEL])
         rated = ~np.isnan(ratings)
         if not rated.any():
             raise ManifestError(
                 f"{self.folder}: model.objective=ordinal, but column {RATING!r} of the {TRAIN_SPLIT!r} split "
                 "is null on every row (no graded ratings to learn from); use model.objective=binary."
             )
-        rates = {"label = 1": float(np.mean(labels[rated]))}
-        rates |= {
-            f"rating >= {cut:g}": float(np.mean(ratings[rated] >= cut)) for cut in self.config.ordinal_cuts
-        }
-        for name, rate in rates.items():
+        label_rate = float(np.mean(labels[rated]))
+        cut_rates = [float(np.mean(ratings[rated] >= cut)) for cut in self.config.ordinal_cuts]
+        names = ["label = 1", *(f"rating >= {cut:g}" for cut in self.config.ordinal_cuts)]
+        for name, rate in zip(names, [label_rate, *cut_rates], strict=True):
             if not 0.0 < rate < 1.0:
                 raise ManifestError(
                     f"{self.folder}: model.ordinal_cuts: {name!r} holds for {rate:.0%} of the rated "
                     f"{TRAIN_SPLIT!r} rows; every cut must split them (e.g. [2, 3, 5] for 1-5 stars)."
                 )
-        label_logit = _logit(rates.pop("label = 1"))
-        return tuple(_logit(rate) - label_logit for rate in rates.values())
+        return tuple(_logit(rate) - _logit(label_rate) for rate in cut_rates)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the training split for ``epoch`` (takes effect at the next ``iter`` of its loader)."""

@@ -109,6 +109,8 @@ class DLRMLitModule(pl.LightningModule):
         self.model: DistributedModelParallel | None = None
         self.plan: ShardingPlan | None = None
         self._eval_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        # Ordinal objective only: ``[K]`` rating levels and their logit shifts, set by ``setup``.
+        self.cut_levels: torch.Tensor | None = None
         self.cut_shifts: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
@@ -120,6 +122,7 @@ class DLRMLitModule(pl.LightningModule):
             raise RuntimeError(
                 "model.objective=ordinal trains only with a CTRDataModule (it gives the cut shifts)."
             )
+        self.cut_levels = torch.tensor(self.cfg.ordinal_cuts, dtype=torch.float32)
         self.cut_shifts = torch.tensor(datamodule.rating_cut_shifts(), dtype=torch.float32)
 
     def configure_model(self) -> None:
@@ -153,11 +156,11 @@ class DLRMLitModule(pl.LightningModule):
         logits = self(batch)
         if self.cfg.objective != "ordinal":
             return F.binary_cross_entropy_with_logits(logits, batch.labels), logits
-        if batch.ratings is None or self.cut_shifts is None:
+        if batch.ratings is None or self.cut_levels is None or self.cut_shifts is None:
             raise RuntimeError(
                 "model.objective=ordinal: the batch has no ratings or setup() gave no cut shifts."
             )
-        cuts = torch.tensor(self.cfg.ordinal_cuts, dtype=logits.dtype, device=logits.device)
+        cuts = self.cut_levels.to(device=logits.device, dtype=logits.dtype)
         shifts = self.cut_shifts.to(device=logits.device, dtype=logits.dtype)
         return ordinal_loss(logits, batch.labels, batch.ratings, cuts, shifts), logits
 
