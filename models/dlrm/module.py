@@ -25,12 +25,16 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
+from models.dlrm.network import RankerOutput
 from models.dlrm.sharding import shard_ranker
 from recsys.metrics.classification import auc, gauc, log_loss
 
 USER_FEATURE = "user_idx"
 """KJT key whose id groups rows for GAUC (per-user AUC)."""
 NO_USER = -1
+NETWORK_SUFFIX = "_network"
+FACTORIZATION_SUFFIX = "_factorization"
+"""With a factorization head, ``<stage>/auc<suffix>`` is each head's AUC alone beside the ranker's."""
 
 
 def first_ids(kjt: KeyedJaggedTensor, key: str) -> torch.Tensor:
@@ -99,7 +103,8 @@ class DLRMLitModule(pl.LightningModule):
         counts: manifest counts that size the tables, e.g. ``{"num_users": 945, ...}``.
 
     Logs ``train/loss`` per step and ``val/auc``, ``val/gauc``, ``val/logloss`` (``test/...``) per epoch,
-    computed over the rows of all ranks.
+    computed over the rows of all ranks; with a factorization head also ``val/auc_network`` and
+    ``val/auc_factorization``, each head alone.
     """
 
     def __init__(self, cfg: DLRMConfig, counts: Mapping[str, int]) -> None:
@@ -148,21 +153,31 @@ class DLRMLitModule(pl.LightningModule):
         return torch.sigmoid(self(batch))
 
     def compute_loss(self, batch: CTRBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean BCE-with-logits loss [], logits [B])``; no logging, so usable outside a Trainer.
+        """``(mean loss [], logits [B])``; no logging, so usable outside a Trainer.
 
-        With ``objective=ordinal`` the loss is :func:`ordinal_loss` (needs ``batch.ratings`` and
-        ``cut_shifts``, set by :meth:`setup`).
+        The objective's loss (BCE-with-logits, or :func:`ordinal_loss` with ``objective=ordinal``, which
+        needs ``batch.ratings`` and the ``cut_shifts`` set by :meth:`setup`) of the network's logits; with a
+        factorization head, plus the same loss of the head's own logits and its L2 term. Each head learns to
+        predict alone, so their mean is an average of two rankers rather than one co-adapted sum.
         """
-        logits = self(batch)
+        output: RankerOutput = self._dmp()(batch, heads=True)
+        loss = self._objective(output.network, batch)
+        head = self.cfg.factorization_head
+        if head is not None and output.factorization is not None and output.factor_squared_norms is not None:
+            loss = loss + self._objective(output.factorization, batch)
+            loss = loss + head.l2 * output.factor_squared_norms.mean()
+        return loss, output.logits
+
+    def _objective(self, logits: torch.Tensor, batch: CTRBatch) -> torch.Tensor:
         if self.cfg.objective != "ordinal":
-            return F.binary_cross_entropy_with_logits(logits, batch.labels), logits
+            return F.binary_cross_entropy_with_logits(logits, batch.labels)
         if batch.ratings is None or self.cut_levels is None or self.cut_shifts is None:
             raise RuntimeError(
                 "model.objective=ordinal: the batch has no ratings or setup() gave no cut shifts."
             )
         cuts = self.cut_levels.to(device=logits.device, dtype=logits.dtype)
         shifts = self.cut_shifts.to(device=logits.device, dtype=logits.dtype)
-        return ordinal_loss(logits, batch.labels, batch.ratings, cuts, shifts), logits
+        return ordinal_loss(logits, batch.labels, batch.ratings, cuts, shifts)
 
     def training_step(self, batch: CTRBatch, batch_idx: int) -> torch.Tensor:
         loss, _ = self.compute_loss(batch)
@@ -195,12 +210,19 @@ class DLRMLitModule(pl.LightningModule):
         return CombinedOptimizer([model.fused_optimizer, dense])
 
     def _collect(self, stage: str, batch: CTRBatch) -> None:
-        logits = self(batch).detach()
+        output: RankerOutput = self._dmp()(batch, heads=True)
         if USER_FEATURE in set(batch.sparse.keys()):
-            users = first_ids(batch.sparse, USER_FEATURE)
+            users = first_ids(batch.sparse, USER_FEATURE).cpu()
         else:
-            users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64)
-        self._eval_outputs.setdefault(stage, []).append((logits.cpu(), batch.labels.cpu(), users.cpu()))
+            users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64).cpu()
+        labels = batch.labels.cpu()
+        scored = {stage: output.logits}
+        if output.factorization is not None:
+            # each head alone as well, so a run shows what the factorization head adds to the network
+            scored[f"{stage}{NETWORK_SUFFIX}"] = output.network
+            scored[f"{stage}{FACTORIZATION_SUFFIX}"] = output.factorization
+        for key, logits in scored.items():
+            self._eval_outputs.setdefault(key, []).append((logits.detach().cpu(), labels, users))
 
     def validation_step(self, batch: CTRBatch, batch_idx: int) -> None:
         self._collect("val", batch)
@@ -219,6 +241,13 @@ class DLRMLitModule(pl.LightningModule):
         metrics = classification_metrics(*gather_eval_outputs(outputs))
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, sync_dist=False)
+        if self.cfg.factorization_head is None:
+            return
+        for suffix in (NETWORK_SUFFIX, FACTORIZATION_SUFFIX):
+            head_outputs = self._eval_outputs.pop(f"{stage}{suffix}", [])
+            logits, labels, _ = gather_eval_outputs(head_outputs)
+            value = auc(labels, logits) if labels.size else float("nan")
+            self.log(f"{stage}/auc{suffix}", value, sync_dist=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """A ``CTRBatch`` moves itself (dense, KJT, labels), and not at all when it is already there.

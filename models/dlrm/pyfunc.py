@@ -43,7 +43,7 @@ from models.dlrm.checkpoint import MODEL_KEY
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
 from models.dlrm.module import DLRMLitModule
-from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
+from models.dlrm.network import DLRMRanker, build_ranker
 from recsys.schema import LABEL
 
 SCORE = "score"
@@ -93,6 +93,7 @@ def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
         "shuffle_buffer_rows": cfg.shuffle_buffer_rows,
         "objective": cfg.objective,
         "ordinal_cuts": list(cfg.ordinal_cuts),
+        "factorization_head": None if cfg.factorization_head is None else cfg.factorization_head.to_mapping(),
     }
 
 
@@ -173,8 +174,7 @@ def build_cpu_ranker(
     cfg: DLRMConfig, counts: Mapping[str, int], state: Mapping[str, torch.Tensor]
 ) -> DLRMRanker:
     """A non-distributed ``DLRMRanker`` on the CPU with ``state`` loaded (strictly: every key must match)."""
-    cpu = torch.device("cpu")
-    ranker = DLRMRanker(cfg, build_embedding_bag_collection(cfg, counts, cpu), dense_device=cpu)
+    ranker = build_ranker(cfg, counts, torch.device("cpu"))
     ranker.load_state_dict(dict(state), strict=True)
     return ranker.eval()
 

@@ -23,7 +23,7 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from models.dlrm.config import DLRMConfig
-from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
+from models.dlrm.network import DLRMRanker, build_ranker
 from recsys.errors import ConfigError
 
 GIB = 1024**3
@@ -69,12 +69,13 @@ def build_constraints(cfg: DLRMConfig) -> dict[str, ParameterConstraints]:
             e.g. ``{"t_item": {"sharding_types": ["row_wise"]}}``.
 
     Returns:
-        ``{table name: ParameterConstraints}`` for every table in ``cfg.tables``.
+        ``{table name: ParameterConstraints}`` for every table in ``cfg.table_names`` (the factorization
+        head's too).
 
     Raises:
         ConfigError: if an override names an unknown table or field.
     """
-    table_names = {t.name for t in cfg.tables}
+    table_names = set(cfg.table_names)
     unknown_tables = sorted(set(cfg.sharding.constraints) - table_names)
     if unknown_tables:
         raise ConfigError(
@@ -82,17 +83,17 @@ def build_constraints(cfg: DLRMConfig) -> dict[str, ParameterConstraints]:
             f"tables: {sorted(table_names)}."
         )
     constraints: dict[str, ParameterConstraints] = {}
-    for table in cfg.tables:
+    for name in cfg.table_names:
         fields: dict[str, Any] = {"sharding_types": list(cfg.sharding.sharding_types)}
-        override: Mapping[str, Any] = cfg.sharding.constraints.get(table.name) or {}
+        override: Mapping[str, Any] = cfg.sharding.constraints.get(name) or {}
         bad = sorted(set(override) - CONSTRAINT_FIELDS)
         if bad:
             raise ConfigError(
-                f"model.sharding.constraints.{table.name} has unknown fields {bad}; "
+                f"model.sharding.constraints.{name} has unknown fields {bad}; "
                 f"allowed: {sorted(CONSTRAINT_FIELDS)}."
             )
         fields.update({k: list(v) if isinstance(v, list | tuple) else v for k, v in override.items()})
-        constraints[table.name] = ParameterConstraints(**fields)
+        constraints[name] = ParameterConstraints(**fields)
     return constraints
 
 
@@ -137,8 +138,7 @@ def shard_ranker(
         )
     pg = process_group if process_group is not None else dist.GroupMember.WORLD
     assert pg is not None
-    ebc = build_embedding_bag_collection(cfg, counts, torch.device("meta"))
-    ranker = DLRMRanker(cfg, ebc, dense_device=device)
+    ranker = build_ranker(cfg, counts, torch.device("meta"), dense_device=device)
     sharders = build_sharders(cfg)
     planner = EmbeddingShardingPlanner(
         topology=build_topology(cfg, dist.get_world_size(pg), device),

@@ -1,5 +1,6 @@
-"""Two gloo processes on CPU: the planner spreads tables over both ranks, Lightning trains through
-``TorchRecStrategy``, and a DCP checkpoint resumes in fresh processes to exactly the saved state.
+"""Two gloo processes on CPU: the planner spreads tables (the factorization head's too) over both ranks,
+Lightning trains through ``TorchRecStrategy``, and a DCP checkpoint resumes in fresh processes to exactly the
+saved state.
 
 Processes are started by ``models.dlrm.launch.launch_local`` (``elastic_launch``, file rendezvous), so
 Lightning sees a torchelastic environment and starts no processes itself.
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from models.dlrm.config import FactorizationHeadConfig
 from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.sharding import table_ranks
@@ -25,6 +27,9 @@ WORLD_SIZE = 2
 TRAIN_STEPS = 4
 EXTRA_STEPS = 2
 TRAIN_SEED, EXTRA_SEED = 1, 99
+# The factorization head's tables are sharded, checkpointed and resumed like the network's.
+HEAD = FactorizationHeadConfig(features=("user_idx", "item_idx"), embedding_dim=4, l2=0.01)
+TABLES = ("t_user", "t_item", "t_category", *HEAD.table_names)
 
 
 def _local(value: Any) -> Any:
@@ -46,7 +51,7 @@ def _worker(phase: str, folder: str) -> dict[str, Any]:
     rank = int(os.environ["RANK"])
     # Different initial weights in the resumed run prove the values come from the checkpoint.
     torch.manual_seed(0 if phase == "train" else 1000)
-    cfg = make_config("dot", sharding_types=("table_wise",))
+    cfg = make_config("dot", sharding_types=("table_wise",), factorization_head=HEAD)
     module = DLRMLitModule(cfg, COUNTS)
     trainer = make_trainer(TRAIN_STEPS, devices=WORLD_SIZE)
     batches = loader(make_batches(cfg, n=TRAIN_STEPS * WORLD_SIZE, seed=TRAIN_SEED))
@@ -111,9 +116,9 @@ def test_two_process_sharded_training_resumes_exactly_from_dcp(tmp_path: Path) -
     ranks = sorted(trained)
     assert ranks == [0, 1]
 
-    # The planner spread the three tables over both ranks (table-wise: each table lives on one rank).
+    # The planner spread the seven tables over both ranks (table-wise: each table lives on one rank).
     plan = trained[0]["plan"]
-    assert set(plan) == {"t_user", "t_item", "t_category"}
+    assert set(plan) == set(TABLES)
     assert {r for table_ranks_ in plan.values() for r in table_ranks_} == {0, 1}
     assert all(result["plan"] == plan for result in [*trained.values(), *resumed.values()])
     assert all(result["global_step"] == TRAIN_STEPS for result in [*trained.values(), *resumed.values()])
@@ -123,7 +128,7 @@ def test_two_process_sharded_training_resumes_exactly_from_dcp(tmp_path: Path) -
         before = _full_tables([flatten(trained[r]["state"][part]) for r in ranks])
         after = _full_tables([flatten(resumed[r]["state"][part]) for r in ranks])
         assert before.keys() == after.keys()
-        assert len(before) == 3
+        assert len(before) == len(TABLES)
         for key, value in before.items():
             torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
 

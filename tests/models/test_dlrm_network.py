@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.dlrm.batch import CTRBatch
-from models.dlrm.config import DLRMConfig, OptimConfig, ShardingConfig, TableSpec
+from models.dlrm.config import DLRMConfig, FactorizationHeadConfig, OptimConfig, ShardingConfig, TableSpec
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
 from models.dlrm.strategy import TorchRecStrategy
@@ -28,8 +28,13 @@ ITEM_EFFECT = 2.5
 USER_EFFECT = 1.0
 
 
-def make_config(interaction: str = "dot", sharding_types: tuple[str, ...] = ("table_wise",)) -> DLRMConfig:
-    """A small DLRM config over ``COUNTS``: 3 tables (single ids and one multi-hot bag), 2 dense features."""
+def make_config(
+    interaction: str = "dot",
+    sharding_types: tuple[str, ...] = ("table_wise",),
+    factorization_head: FactorizationHeadConfig | None = None,
+) -> DLRMConfig:
+    """A small DLRM config over ``COUNTS``: 3 tables (single ids and one multi-hot bag), 2 dense features
+    (and, when given, a factorization head)."""
     cfg = DLRMConfig(
         name="dlrm_test",
         interaction=interaction,
@@ -49,6 +54,7 @@ def make_config(interaction: str = "dot", sharding_types: tuple[str, ...] = ("ta
         epochs=1,
         dcn_num_layers=2,
         dcn_low_rank_dim=4,
+        factorization_head=factorization_head,
     )
     cfg.validate()
     return cfg
