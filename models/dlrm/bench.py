@@ -3,23 +3,28 @@
 Workload (both engines): a Criteo-like synthetic data set (``num_dense`` log1p dense features, ``num_sparse``
 single-id categorical features, one table of ``rows_per_table`` rows each, 0/1 labels), built in memory
 before timing. Both engines build the same sharded model (``shard_ranker``, table-wise, fused row-wise Adagrad
-for the tables, Adam for the dense part) from the same seed and train it on the same batches; only the steps
-after ``warmup_batches`` are timed. For each world size, one set of fresh processes (``launch_local``, one
-per rank, sharing one gloo group) runs the whole schedule: each engine ``repeats`` times, alternating which
-goes first, so the runs being compared follow each other within seconds and a repeat costs its training
-only (starting processes and importing TorchRec takes longer than a repeat's timed steps on 2 cores). Each
-rank trains on its own batches, and rank 0's timing is reported.
+for the tables, Adam for the dense part) from the same seed and train it on the same batches (each engine its
+own copy); only the steps after ``warmup_batches`` are timed. For each world size, one set of fresh processes
+(``launch_local``, one per rank, sharing one gloo group) runs every repeat. Each rank trains on its own
+batches, and rank 0's timing is reported.
 
-What is timed: the interval between the ends of two consecutive training steps, for every timed step, in
-both engines (so Lightning's data fetch, hooks and logging between steps are inside it, as the plain loop's
-iteration is). The headline is the median step interval (median over steps, then over repeats) times
-``num_batches``: on a virtual machine whose host steals bursts of CPU, a total over a few seconds moves by
-+-25% from one run to the next, and the median step is what the loop itself costs. The plain sum of the
-intervals (``wall_seconds``) and its ratio (``ratio_wall``) are reported beside it.
+How it is timed: the two loops run interleaved, one step each in turn, in the same processes. A repeat is one
+Lightning ``Trainer.fit`` (``DLRMLitModule``, ``TorchRecStrategy``) with a callback that runs one step of the
+plain loop (its own DMP, optimizers and batches) at every step boundary, and reads the clock just before and
+just after that plain step. The plain step's time is the interval between those two reads; Lightning's is
+the interval from the end of one plain step to the start of the next, which holds one whole Lightning step
+and everything its loop does around it (data fetch, hooks, logging, the SIGTERM broadcast). The steps being
+compared are milliseconds apart: on a virtual machine whose host steals CPU in bursts of seconds, separate
+runs of the two loops moved by +-25% from one run to the next (a per-repeat spread of 0.79-1.27 in the
+Lightning/plain ratio), while interleaved steps see the same machine. The repeats alternate where the plain
+step sits, after each Lightning step (``on_train_batch_end``) or before its training step
+(``on_train_batch_start``), so neither loop always runs on the caches the other just warmed.
 
-The reported ratio is Lightning samples/s over plain-loop samples/s for each world size (1.0 = no overhead).
-Both engines run with ``trainer.malloc`` (``recsys.allocator``), as ``recsys train`` does; the minor page
-faults per timed step of each engine are reported beside the times (``minor_faults_per_step``).
+Each repeat is summarised by each engine's median step; its ratio is the plain loop's median step over
+Lightning's (Lightning samples/s over plain samples/s, 1.0 = no overhead), and the reported ratio is the
+median over repeats. The plain sums of the step times (``wall_seconds``, ``ratio_wall``) are reported
+beside it. Both engines run with ``trainer.malloc`` (``recsys.allocator``), as ``recsys train`` does; the
+minor page faults per timed step of each engine are reported beside the times (``minor_faults_per_step``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -58,6 +63,9 @@ from recsys.errors import ConfigError
 
 LIGHTNING, TORCHREC = "lightning", "torchrec"
 """Engine names in the results; TORCHREC (the plain loop) is the reference of every ratio."""
+PLAIN_AFTER, PLAIN_BEFORE = "after", "before"
+PLACEMENTS = (PLAIN_AFTER, PLAIN_BEFORE)
+"""Where a repeat runs each plain step: after each Lightning step, or before each Lightning training step."""
 MODEL_CONF = Path("model") / "dlrm_criteo.yaml"
 """Model conf (under ``conf/``) whose arch hidden sizes and optimizer settings the bench model uses."""
 INTERACTION = "dot"
@@ -81,7 +89,7 @@ class DLRMBenchSettings:
         rows_per_table: rows of every table.
         embedding_dim: width of every embedding.
         world_sizes: process counts measured.
-        repeats: measurements per engine and world size (median reported).
+        repeats: interleaved fits per world size (the median of their ratios is reported).
         seed: seed of the model weights and (offset by rank) of the synthetic batches.
         dense_hidden: dense arch hidden sizes before the final ``embedding_dim`` layer.
         over_arch: over arch sizes (ends with 1).
@@ -198,50 +206,114 @@ def _pass_through(batch: CTRBatch) -> CTRBatch:
     return batch
 
 
-class StepClock:
-    """Times (and minor page-fault counts) at the ends of the last warm-up step and of every timed step;
-    their differences are the step intervals ``[num_batches]`` (seconds)."""
+class PlainLoop:
+    """The reference engine: a hand-written TorchRec DMP training step with the module's model and optimizers.
 
-    def __init__(self, warmup_batches: int) -> None:
-        self.warmup_batches = warmup_batches
-        self.marks: list[float] = []
-        self.faults: list[int] = []
+    Args:
+        cfg: the bench model config.
+        counts: its manifest counts.
+        batches: the batches it trains on, in order (its own copy: the engines share no tensors).
+        seed: seeds the weights (as ``InterleavedSteps.setup`` seeds the Lightning module's).
+    """
 
-    def step_done(self, index: int) -> None:
-        if index >= self.warmup_batches - 1:
-            self.marks.append(time.perf_counter())
-            self.faults.append(minor_page_faults())
+    def __init__(
+        self, cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], seed: int
+    ) -> None:
+        torch.manual_seed(seed)
+        self.model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
+        dense_params = dict(in_backward_optimizer_filter(self.model.named_parameters()))
+        dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg))
+        self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense])
+        self.batches = batches
+        self.model.train()
 
-    def intervals(self) -> list[float]:
-        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+    def step(self, index: int) -> None:
+        batch = self.batches[index]
+        loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        loss.backward()  # type: ignore[no-untyped-call]  # also updates the tables (fused row-wise Adagrad)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
 
-    def faults_per_step(self) -> float:
-        """Mean minor page faults per timed step."""
-        steps = len(self.faults) - 1
-        return (self.faults[-1] - self.faults[0]) / steps if steps > 0 else 0.0
+
+class StepRunner(Protocol):
+    """What ``InterleavedSteps`` drives: one training step on batch ``index`` (``PlainLoop``)."""
+
+    def step(self, index: int) -> None: ...
 
 
-class _StepTimer(pl.Callback):
-    """Seeds the weights (``setup`` runs just before ``configure_model``) and times the post-warm-up steps."""
+class InterleavedSteps(pl.Callback):
+    """Runs one plain-loop step at every Lightning step boundary and reads the clock around it.
 
-    def __init__(self, settings: DLRMBenchSettings) -> None:
+    Also seeds the Lightning module's weights (``setup`` runs just before ``configure_model``) as the plain
+    loop's were seeded.
+
+    Args:
+        plain: the reference loop.
+        settings: bench settings (seed, warm-up).
+        placement: ``PLAIN_AFTER`` (the plain step after each Lightning step) or ``PLAIN_BEFORE`` (before each
+            Lightning training step).
+    """
+
+    def __init__(self, plain: StepRunner, settings: DLRMBenchSettings, placement: str) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement {placement!r}; choose one of {PLACEMENTS}.")
+        self.plain = plain
         self.settings = settings
-        self.clock = StepClock(settings.warmup_batches)
+        self.placement = placement
+        # (time, minor faults) just before and just after each plain step, in step order
+        self.starts: list[tuple[float, int]] = []
+        self.ends: list[tuple[float, int]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.manual_seed(self.settings.seed)
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.placement == PLAIN_BEFORE:
+            self._plain_step(batch_idx)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.clock.step_done(batch_idx)
+        if self.placement == PLAIN_AFTER:
+            self._plain_step(batch_idx)
+
+    def _plain_step(self, index: int) -> None:
+        self.starts.append((time.perf_counter(), minor_page_faults()))
+        self.plain.step(index)
+        self.ends.append((time.perf_counter(), minor_page_faults()))
+
+    def timed(self) -> dict[str, dict[str, Any]]:
+        """``{engine: {"steps": [num_batches] seconds, "faults_per_step": mean minor faults}}``.
+
+        Plain step i: from its start to its end. Lightning: from the end of plain step i - 1 to the start of
+        plain step i, for the ``num_batches`` plain steps after the warm-up (each such interval holds exactly
+        one Lightning step: step i, or with ``PLAIN_BEFORE`` step i - 1).
+        """
+        first = self.settings.warmup_batches
+        timed = range(first, first + self.settings.num_batches)
+        plain = [(self.ends[i][0] - self.starts[i][0], self.ends[i][1] - self.starts[i][1]) for i in timed]
+        lightning = [
+            (self.starts[i][0] - self.ends[i - 1][0], self.starts[i][1] - self.ends[i - 1][1]) for i in timed
+        ]
+        return {
+            engine: {"steps": [s for s, _ in pairs], "faults_per_step": statistics.mean(f for _, f in pairs)}
+            for engine, pairs in ((LIGHTNING, lightning), (TORCHREC, plain))
+        }
 
 
-def _train_lightning(
-    cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[StepClock, nn.Module]:
-    """``(step clock, trained DMP)`` of ``Trainer.fit`` with ``TorchRecStrategy`` on this rank."""
-    timer = _StepTimer(settings)
+def _interleaved_repeat(
+    cfg: DLRMConfig,
+    counts: Mapping[str, int],
+    batches: tuple[list[CTRBatch], list[CTRBatch]],
+    settings: DLRMBenchSettings,
+    placement: str,
+) -> tuple[dict[str, dict[str, Any]], dict[str, nn.Module]]:
+    """One ``Trainer.fit`` with the plain loop interleaved: ``(InterleavedSteps.timed(), {engine: DMP})``."""
+    lightning_batches, plain_batches = batches
+    plain = PlainLoop(cfg, counts, plain_batches, settings.seed)
+    steps = InterleavedSteps(plain, settings, placement)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=int(os.environ["WORLD_SIZE"]),
@@ -254,37 +326,17 @@ def _train_lightning(
         num_sanity_val_steps=0,
         # Each rank trains on its own batches, in order: no DistributedSampler (it would shuffle them).
         use_distributed_sampler=False,
-        callbacks=[timer],
+        callbacks=[steps],
     )
     module = DLRMLitModule(cfg, counts)
     loader: DataLoader[CTRBatch] = DataLoader(
-        batches,  # type: ignore[arg-type]
+        lightning_batches,  # type: ignore[arg-type]
         batch_size=None,
         collate_fn=_pass_through,  # type: ignore[arg-type]
     )
     trainer.fit(module, loader)
     assert module.model is not None
-    return timer.clock, module.model
-
-
-def _train_torchrec(
-    cfg: DLRMConfig, counts: Mapping[str, int], batches: list[CTRBatch], settings: DLRMBenchSettings
-) -> tuple[StepClock, nn.Module]:
-    """``(step clock, trained DMP)`` of a hand-written loop with the module's model and optimizers."""
-    torch.manual_seed(settings.seed)
-    model: DistributedModelParallel = shard_ranker(cfg, counts, torch.device("cpu")).model
-    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg))
-    optimizer = CombinedOptimizer([model.fused_optimizer, dense])
-    model.train()
-    clock = StepClock(settings.warmup_batches)
-    for index, batch in enumerate(batches):
-        loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
-        loss.backward()  # type: ignore[no-untyped-call]  # also updates the tables (fused row-wise Adagrad)
-        optimizer.step()
-        optimizer.zero_grad()
-        clock.step_done(index)
-    return clock, model
+    return steps.timed(), {LIGHTNING: module.model, TORCHREC: plain.model}
 
 
 def local_state(model: nn.Module) -> ModelState:
@@ -300,9 +352,14 @@ def local_state(model: nn.Module) -> ModelState:
     return state
 
 
-def _worker(schedule: tuple[str, ...], settings: DLRMBenchSettings, keep_state: bool) -> list[dict[str, Any]]:
-    """One rank running every training of ``schedule`` in order: for each, ``{"engine", "steps": step
-    intervals (s), "faults_per_step": minor page faults per timed step, "state": ModelState or None}``."""
+def placement(repeat: int) -> str:
+    """Where the plain step sits in this repeat: alternating (``recsys.bench.alternating_order``)."""
+    return alternating_order(PLAIN_AFTER, PLAIN_BEFORE, repeat)[0]
+
+
+def _worker(settings: DLRMBenchSettings, keep_state: bool) -> list[dict[str, Any]]:
+    """One rank running every repeat: ``[{"placement", "engines": InterleavedSteps.timed(), "state":
+    {engine: ModelState} or None}, ...]``."""
     world_size = int(os.environ["WORLD_SIZE"])
     apply_malloc_settings(settings.malloc)
     # Same threads for both engines: the cores split among the ranks (Lightning sets none under torchelastic).
@@ -310,72 +367,36 @@ def _worker(schedule: tuple[str, ...], settings: DLRMBenchSettings, keep_state: 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     cfg, counts = bench_model_config(settings)
-    batches = make_batches(cfg, settings, int(os.environ["RANK"]))
-    # One group for the whole schedule: Lightning's strategy finds it initialised and uses it as it is.
+    rank = int(os.environ["RANK"])
+    batches = (make_batches(cfg, settings, rank), make_batches(cfg, settings, rank))
+    # One group for every repeat: Lightning's strategy finds it initialised and uses it as it is.
     dist.init_process_group(backend=GLOO)
     runs: list[dict[str, Any]] = []
     try:
-        for engine in schedule:
-            train = _train_lightning if engine == LIGHTNING else _train_torchrec
-            clock, model = train(cfg, counts, batches, settings)
-            state = local_state(model) if keep_state else None
-            runs.append(
-                {
-                    "engine": engine,
-                    "steps": clock.intervals(),
-                    "faults_per_step": clock.faults_per_step(),
-                    "state": state,
-                }
-            )
-            del model
-            gc.collect()  # the previous run's model and optimizer state go before the next one allocates
+        for repeat in range(settings.repeats):
+            where = placement(repeat)
+            timed, models = _interleaved_repeat(cfg, counts, batches, settings, where)
+            state = {engine: local_state(model) for engine, model in models.items()} if keep_state else None
+            runs.append({"placement": where, "engines": timed, "state": state})
+            del models
+            gc.collect()  # this repeat's models and optimizer state go before the next one allocates
     finally:
         dist.destroy_process_group()
     return runs
 
 
-def measure_schedule(
-    schedule: tuple[str, ...], world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
-) -> dict[int, list[dict[str, Any]]]:
-    """Train once per entry of ``schedule`` (engine names, in order) in one set of ``world_size`` fresh
-    processes.
-
-    Returns:
-        ``{rank: [{"engine", "steps": that rank's ``num_batches`` step intervals in seconds,
-        "faults_per_step": its minor page faults per timed step, "state": ModelState or None}, ...]}``,
-        one entry per schedule entry.
-
-    Raises:
-        ValueError: for an unknown engine.
-    """
-    unknown = sorted(set(schedule) - {LIGHTNING, TORCHREC})
-    if unknown:
-        raise ValueError(f"engines {unknown}; choose {LIGHTNING!r} or {TORCHREC!r}.")
-    results: dict[int, list[dict[str, Any]]] = launch_local(
-        _worker, world_size, schedule, settings, keep_state
-    )
-    return results
-
-
 def measure(
-    engine: str, world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
-) -> dict[int, dict[str, Any]]:
-    """One training with ``engine`` (``"lightning"`` or ``"torchrec"``) in ``world_size`` fresh processes.
+    world_size: int, settings: DLRMBenchSettings, keep_state: bool = False
+) -> dict[int, list[dict[str, Any]]]:
+    """Every repeat of the interleaved schedule in one set of ``world_size`` fresh processes.
 
     Returns:
-        ``{rank: {"engine", "steps", "faults_per_step", "state"}}`` as one entry of ``measure_schedule``.
-
-    Raises:
-        ValueError: for an unknown engine.
+        ``{rank: [{"placement", "engines": {engine: {"steps": that rank's ``num_batches`` step times in
+        seconds, "faults_per_step": its minor page faults per timed step}}, "state": {engine: ModelState}
+        or None}, ...]}``, one entry per repeat.
     """
-    return {
-        rank: runs[0] for rank, runs in measure_schedule((engine,), world_size, settings, keep_state).items()
-    }
-
-
-def engine_order(repeat: int) -> tuple[str, str]:
-    """Which engine runs first in this repeat (see ``recsys.bench.alternating_order``)."""
-    return alternating_order(LIGHTNING, TORCHREC, repeat)
+    results: dict[int, list[dict[str, Any]]] = launch_local(_worker, world_size, settings, keep_state)
+    return results
 
 
 def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,11 +408,12 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         ``{"params": workload, "timings": [row, ...], "ratios": {"<world size>": ratio},
         "ratios_per_repeat": {"<world size>": [ratio of each repeat]}}``. A row has ``engine``, ``step``,
-        ``seconds`` (``num_batches`` x the median step interval of rank 0, median over repeats),
-        ``samples_per_s`` (rows of the timed batches of all ranks / ``seconds``), ``ratio`` (Lightning's
-        ``samples_per_s`` over the plain loop's), ``median_step_ms_per_repeat``, and the plain sums:
-        ``wall_seconds`` (median over repeats), ``wall_seconds_per_repeat``, ``ratio_wall``, and
-        ``minor_faults_per_step`` (rank 0, median over repeats).
+        ``seconds`` (``num_batches`` x the median step of rank 0, median over repeats), ``samples_per_s``
+        (rows of the timed batches of all ranks / ``seconds``), ``ratio`` (the median over repeats of the
+        plain loop's median step over Lightning's), ``ratio_of_medians`` (the plain loop's ``seconds`` over
+        this engine's), ``median_step_ms_per_repeat``, and the plain sums: ``wall_seconds`` (median over
+        repeats), ``wall_seconds_per_repeat``, ``ratio_wall``, and ``minor_faults_per_step`` (rank 0, median
+        over repeats).
     """
     settings = DLRMBenchSettings.from_config(cfg)
     timings: list[dict[str, Any]] = []
@@ -402,19 +424,17 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         median_step: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         wall: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
         faults: dict[str, list[float]] = {LIGHTNING: [], TORCHREC: []}
-        schedule = tuple(engine for repeat in range(settings.repeats) for engine in engine_order(repeat))
-        for run in measure_schedule(schedule, world_size, settings)[0]:
-            engine = run["engine"]
-            median_step[engine].append(statistics.median(run["steps"]))
-            wall[engine].append(sum(run["steps"]))
-            faults[engine].append(run["faults_per_step"])
+        for run in measure(world_size, settings)[0]:
+            for engine, timed in run["engines"].items():
+                median_step[engine].append(statistics.median(timed["steps"]))
+                wall[engine].append(sum(timed["steps"]))
+                faults[engine].append(timed["faults_per_step"])
         seconds = {e: settings.num_batches * statistics.median(v) for e, v in median_step.items()}
         wall_seconds = {e: statistics.median(v) for e, v in wall.items()}
-        ratio = seconds[TORCHREC] / seconds[LIGHTNING]
+        paired = [t / lt for lt, t in zip(median_step[LIGHTNING], median_step[TORCHREC], strict=True)]
+        ratio = statistics.median(paired)
         ratios[str(world_size)] = ratio
-        repeat_ratios[str(world_size)] = [
-            t / lt for lt, t in zip(median_step[LIGHTNING], median_step[TORCHREC], strict=True)
-        ]
+        repeat_ratios[str(world_size)] = paired
         for engine in (LIGHTNING, TORCHREC):
             timings.append(
                 {
@@ -423,6 +443,7 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     "seconds": seconds[engine],
                     "samples_per_s": samples / seconds[engine],
                     "ratio": ratio if engine == LIGHTNING else 1.0,
+                    "ratio_of_medians": seconds[TORCHREC] / seconds[engine],
                     "median_step_ms_per_repeat": [1000 * v for v in median_step[engine]],
                     "wall_seconds": wall_seconds[engine],
                     "wall_seconds_per_repeat": wall[engine],
@@ -430,7 +451,7 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     "minor_faults_per_step": statistics.median(faults[engine]),
                 }
             )
-    params = {**asdict(settings), "cpus": os.cpu_count()}
+    params = {**asdict(settings), "cpus": os.cpu_count(), "schedule": "interleaved"}
     params["optim"] = asdict(settings.optim)
     params["malloc"] = None if settings.malloc is None else asdict(settings.malloc)
     return {"params": params, "timings": timings, "ratios": ratios, "ratios_per_repeat": repeat_ratios}
