@@ -206,8 +206,18 @@ def _pass_through(batch: CTRBatch) -> CTRBatch:
     return batch
 
 
+def batch_loader(batches: list[CTRBatch]) -> DataLoader[CTRBatch]:
+    """Whole prebuilt batches, in order, through a ``DataLoader`` (what both engines read from)."""
+    return DataLoader(
+        batches,  # type: ignore[arg-type]
+        batch_size=None,
+        collate_fn=_pass_through,  # type: ignore[arg-type]
+    )
+
+
 class PlainLoop:
-    """The reference engine: a hand-written TorchRec DMP training step with the module's model and optimizers.
+    """The reference engine: a hand-written TorchRec DMP training loop with the module's model and optimizers,
+    reading its batches through a ``DataLoader`` as the Lightning loop does.
 
     Args:
         cfg: the bench model config.
@@ -224,15 +234,20 @@ class PlainLoop:
         dense_params = dict(in_backward_optimizer_filter(self.model.named_parameters()))
         dense = KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(cfg))
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense])
-        self.batches = batches
+        self.batches = iter(batch_loader(batches))
+        self.steps_done = 0
         self.model.train()
 
     def step(self, index: int) -> None:
-        batch = self.batches[index]
+        """Train on the next batch, which must be batch ``index`` (the engines stay in step)."""
+        if index != self.steps_done:
+            raise RuntimeError(f"plain loop asked for step {index} after {self.steps_done} steps.")
+        batch = next(self.batches)
         loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
         loss.backward()  # type: ignore[no-untyped-call]  # also updates the tables (fused row-wise Adagrad)
         self.optimizer.step()
         self.optimizer.zero_grad()
+        self.steps_done += 1
 
 
 class StepRunner(Protocol):
@@ -329,12 +344,7 @@ def _interleaved_repeat(
         callbacks=[steps],
     )
     module = DLRMLitModule(cfg, counts)
-    loader: DataLoader[CTRBatch] = DataLoader(
-        lightning_batches,  # type: ignore[arg-type]
-        batch_size=None,
-        collate_fn=_pass_through,  # type: ignore[arg-type]
-    )
-    trainer.fit(module, loader)
+    trainer.fit(module, batch_loader(lightning_batches))
     assert module.model is not None
     return steps.timed(), {LIGHTNING: module.model, TORCHREC: plain.model}
 
