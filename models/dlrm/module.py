@@ -212,17 +212,16 @@ class DLRMLitModule(pl.LightningModule):
     def _collect(self, stage: str, batch: CTRBatch) -> None:
         output: RankerOutput = self._dmp()(batch, heads=True)
         if USER_FEATURE in set(batch.sparse.keys()):
-            users = first_ids(batch.sparse, USER_FEATURE).cpu()
+            users = first_ids(batch.sparse, USER_FEATURE)
         else:
-            users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64).cpu()
-        labels = batch.labels.cpu()
-        scored = {stage: output.logits}
+            users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64)
+        # [B, columns]: the ranker's logits, then (with a factorization head) each head's alone, so a run
+        # shows what the head adds to the network; one gather per stage carries them all
+        scored = [output.logits]
         if output.factorization is not None:
-            # each head alone as well, so a run shows what the factorization head adds to the network
-            scored[f"{stage}{NETWORK_SUFFIX}"] = output.network
-            scored[f"{stage}{FACTORIZATION_SUFFIX}"] = output.factorization
-        for key, logits in scored.items():
-            self._eval_outputs.setdefault(key, []).append((logits.detach().cpu(), labels, users))
+            scored += [output.network, output.factorization]
+        logits = torch.stack(scored, dim=1).detach()
+        self._eval_outputs.setdefault(stage, []).append((logits.cpu(), batch.labels.cpu(), users.cpu()))
 
     def validation_step(self, batch: CTRBatch, batch_idx: int) -> None:
         self._collect("val", batch)
@@ -237,16 +236,14 @@ class DLRMLitModule(pl.LightningModule):
         self._log_eval("test")
 
     def _log_eval(self, stage: str) -> None:
+        head_suffixes = () if self.cfg.factorization_head is None else (NETWORK_SUFFIX, FACTORIZATION_SUFFIX)
         outputs = self._eval_outputs.pop(stage, [])
-        metrics = classification_metrics(*gather_eval_outputs(outputs))
+        logits, labels, users = gather_eval_outputs(outputs, columns=1 + len(head_suffixes))
+        metrics = classification_metrics(logits[:, 0], labels, users)
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, sync_dist=False)
-        if self.cfg.factorization_head is None:
-            return
-        for suffix in (NETWORK_SUFFIX, FACTORIZATION_SUFFIX):
-            head_outputs = self._eval_outputs.pop(f"{stage}{suffix}", [])
-            logits, labels, _ = gather_eval_outputs(head_outputs)
-            value = auc(labels, logits) if labels.size else float("nan")
+        for column, suffix in enumerate(head_suffixes, start=1):
+            value = auc(labels, logits[:, column]) if labels.size else float("nan")
             self.log(f"{stage}/auc{suffix}", value, sync_dist=False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -264,21 +261,22 @@ class DLRMLitModule(pl.LightningModule):
 
 
 def gather_eval_outputs(
-    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], columns: int
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Concatenate this rank's ``(logits, labels, users)`` and, with several ranks, those of all ranks.
+    """Concatenate this rank's ``(logits [B, columns], labels, users)`` and, with several ranks, those of all
+    ranks.
 
     Metrics such as AUC are not averages of per-rank values, so every rank gets all M rows.
 
     Returns:
-        ``(logits [M] float64, labels [M] float64, users [M] int64)`` over all ranks.
+        ``(logits [M, columns] float64, labels [M] float64, users [M] int64)`` over all ranks.
     """
     if outputs:
         logits = torch.cat([o[0] for o in outputs]).double().numpy()
         labels = torch.cat([o[1] for o in outputs]).double().numpy()
         users = torch.cat([o[2] for o in outputs]).numpy()
     else:
-        logits, labels = np.zeros(0), np.zeros(0)
+        logits, labels = np.zeros((0, columns)), np.zeros(0)
         users = np.zeros(0, dtype=np.int64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[Any] = [None] * dist.get_world_size()

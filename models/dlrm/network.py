@@ -101,16 +101,18 @@ def factorization_bag_configs(
     if head is None:
         return [], []
 
+    network_tables = {feature: cfg.table_of(feature) for feature in head.features}
+
     def configs(name: Callable[[str], str], width: int) -> list[EmbeddingBagConfig]:
         return [
             EmbeddingBagConfig(
                 name=name(feature),
                 embedding_dim=width,
-                num_embeddings=cfg.table_of(feature).num_embeddings(counts),
+                num_embeddings=table.num_embeddings(counts),
                 feature_names=[feature],
-                pooling=POOLING_TYPES[cfg.table_of(feature).pooling],
+                pooling=POOLING_TYPES[table.pooling],
             )
-            for feature in head.features
+            for feature, table in network_tables.items()
         ]
 
     return configs(head.factor_table, head.embedding_dim), configs(head.bias_table, BIAS_WIDTH)
