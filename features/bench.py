@@ -109,7 +109,7 @@ def outputs_match(spark_out: Path, duck_out: Path) -> dict[str, bool]:
 
 
 def run_features_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    bench = cfg["bench"]["features"]
+    bench = cfg["bench"]
     spec = SyntheticSpec(
         num_users=int(bench["num_users"]),
         num_items=int(bench["num_items"]),

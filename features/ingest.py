@@ -17,11 +17,12 @@ from pyspark.sql import functions as F
 
 from features.io import write_output
 from features.validate import COLUMN, REASON, RULE, ValidationRules, bad_rows, flag_rows, good_rows
-from recsys.datasets import DataConfig, read_dataset
+from recsys.datasets import read_dataset
 from recsys.datasets.base import RAW, SOURCE_FILE
 from recsys.errors import InputError, ValidationError
 from recsys.manifest import Manifest, config_hash, fingerprint_files, publish_atomically
 from recsys.schema import ITEM_ID, USER_ID
+from recsys.settings import data_config
 
 QUARANTINE = "quarantine"
 
@@ -87,7 +88,7 @@ def _fail(report: TableReport, limit: float) -> ValidationError:
 
 def run_ingest(spark: SparkSession, cfg: dict[str, Any], stage: Path) -> IngestResult:
     """Read ``cfg['data']``, validate every table, and publish ``stage`` (or raise, publishing nothing)."""
-    data_cfg = DataConfig.from_mapping(cfg["data"])
+    data_cfg = data_config(cfg["data"])
     limit = float(cfg["features"]["validation"]["max_bad_fraction"])
     rules = ValidationRules(data_cfg.timestamp_unit, data_cfg.rating_min, data_cfg.rating_max)
     dataset = read_dataset(spark, data_cfg, Path(cfg["paths"]["root"]), int(cfg["seed"]))

@@ -18,9 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import resource
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from recsys.errors import ConfigError
 
@@ -32,26 +30,18 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class MallocSettings:
-    """``trainer.malloc``: requests of at least ``mmap_threshold_mib`` get their own ``mmap``; free memory
-    at the top of the heap is returned to the kernel only above ``trim_threshold_mib``."""
+    """``model.malloc`` (DLRM): requests of at least ``mmap_threshold_mib`` get their own ``mmap``; free
+    memory at the top of the heap is returned to the kernel only above ``trim_threshold_mib``. The config
+    value null (``None``) keeps glibc's own dynamic thresholds."""
 
     mmap_threshold_mib: int
     trim_threshold_mib: int
 
-    @classmethod
-    def from_config(cls, trainer_cfg: Mapping[str, Any]) -> MallocSettings | None:
-        """``None`` when ``trainer.malloc`` is null or missing (glibc's own dynamic thresholds)."""
-        section = trainer_cfg.get("malloc")
-        if section is None:
-            return None
-        settings = cls(int(section["mmap_threshold_mib"]), int(section["trim_threshold_mib"]))
-        for name, value in (
-            ("mmap_threshold_mib", settings.mmap_threshold_mib),
-            ("trim_threshold_mib", settings.trim_threshold_mib),
-        ):
+    def __post_init__(self) -> None:
+        for name in ("mmap_threshold_mib", "trim_threshold_mib"):
+            value = getattr(self, name)
             if value < 1:
-                raise ConfigError(f"trainer.malloc.{name}={value}: must be at least 1 (MiB), or malloc=null.")
-        return settings
+                raise ConfigError(f"model.malloc.{name}={value}: must be at least 1 (MiB), or malloc=null.")
 
 
 def apply_malloc_settings(settings: MallocSettings | None) -> bool:

@@ -8,14 +8,17 @@ reserved padding/OOV indices, which never get interactions), D latent dimensions
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from recsys.config import typed
 from recsys.errors import ConfigError
+from recsys.settings import EASEConfig, ItemKNNConfig, MostPopConfig, PureSVDConfig
 
 
 class HistoryScorer(Protocol):
@@ -162,13 +165,19 @@ class PureSVD:
         return self.user_vectors(histories) @ self.item_factors.T
 
 
-def build_baseline(name: str, params: dict[str, float | int], seed: int) -> HistoryScorer:
+def build_baseline(model_cfg: Mapping[str, Any], seed: int) -> HistoryScorer:
+    """The estimator of a composed ``model`` group with ``family: baseline``, its ``params`` checked against
+    the baseline's schema (``recsys.settings.BASELINE_SCHEMAS``); ``seed`` seeds PureSVD's solver."""
+    name = str(model_cfg.get("name"))
     if name == "mostpop":
+        typed(MostPopConfig, model_cfg, "model")
         return MostPop()
     if name == "itemknn":
-        return ItemKNN(neighbors=int(params["neighbors"]), shrink=float(params["shrink"]))
+        knn = typed(ItemKNNConfig, model_cfg, "model").params
+        return ItemKNN(neighbors=knn.neighbors, shrink=knn.shrink)
     if name == "ease":
-        return EASE(l2=float(params["l2"]), max_items=int(params["max_items"]))
+        ease = typed(EASEConfig, model_cfg, "model").params
+        return EASE(l2=ease.l2, max_items=ease.max_items)
     if name == "puresvd":
-        return PureSVD(dim=int(params["dim"]), seed=seed)
+        return PureSVD(dim=typed(PureSVDConfig, model_cfg, "model").params.dim, seed=seed)
     raise ConfigError(f"model={name!r} is not a baseline; choose mostpop, itemknn, ease or puresvd.")

@@ -18,6 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recsys.errors import ConfigError
+from recsys.settings import register_core_schemas
+from recsys.structured import as_dict, check_groups, missing_keys, register_schema, typed
+
+# The typed-config functions are used through this module everywhere (one import for config work).
+__all__ = ["as_dict", "compose", "conf_dir", "register_schema", "to_plain", "typed"]
 
 CONF_ENV = "RECSYS_CONF_DIR"
 
@@ -45,11 +50,13 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         # e.g. `model=dlrm data=criteo`: the Criteo columns need the dlrm_criteo table mapping.
         kept = [o for o in overrides or [] if not o.lstrip("+~").startswith("model=")]
         return compose([*kept, f"model={variant}"], config_name)
-    missing = sorted(_missing_keys(cfg))
+    missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"config value(s) {', '.join(missing)} must be set, e.g. `recsys features {missing[0]}=...`."
         )
+    register_core_schemas()
+    check_groups(cfg)
     return cfg
 
 
@@ -61,19 +68,6 @@ def _model_variant(cfg: DictConfig) -> str | None:
     variants = model.get("variant_for_data") or {}
     variant = variants.get(data.get("name"))
     return None if variant is None or variant == model.get("name") else str(variant)
-
-
-def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for key in cfg:
-        name = f"{prefix}{key!s}"
-        if OmegaConf.is_missing(cfg, key):
-            out.append(name)
-            continue
-        value = cfg[key]
-        if isinstance(value, DictConfig):
-            out.extend(_missing_keys(value, prefix=f"{name}."))
-    return out
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

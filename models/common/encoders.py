@@ -20,9 +20,11 @@ import numpy as np
 import pyarrow as pa
 from rich.progress import Progress
 
+from recsys.config import typed
 from recsys.console import console
 from recsys.errors import ConfigError, InputError
 from recsys.schema import EMBEDDING_SUFFIX, IMAGE_PATH, ITEM_ID, ITEM_IDX, TEXT
+from recsys.settings import ImageEncoderConfig, TextEncoderConfig
 
 # Must be set before huggingface_hub is first imported: it reads them into constants at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,11 +132,11 @@ class TextEncoder:
     device: str
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], device: str) -> TextEncoder:
-        raw = cfg.get("model_path")
-        path = bundled_minilm_path() if raw is None else Path(str(raw)).expanduser()
+    def from_settings(cls, settings: TextEncoderConfig, device: str) -> TextEncoder:
+        raw = settings.model_path
+        path = bundled_minilm_path() if raw is None else Path(raw).expanduser()
         _require_folder(path, "text.model_path", "/models/all-MiniLM-L6-v2")
-        return cls(path, int(cfg["batch_size"]), int(cfg["max_seq_length"]), device)
+        return cls(path, settings.batch_size, settings.max_seq_length, device)
 
     @property
     def name(self) -> str:
@@ -194,17 +196,17 @@ class ImageEncoder:
     device: str
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], device: str) -> ImageEncoder:
+    def from_settings(cls, settings: ImageEncoderConfig, device: str) -> ImageEncoder:
         example = "/models/clip-vit-base-patch32"
-        if cfg.get("checkpoint") is None:
+        if settings.checkpoint is None:
             raise InputError(
                 f"{_CFG_PREFIX}.image.checkpoint is null: image vectors need a local Hugging Face vision "
                 f"checkpoint folder (with preprocessor_config.json), e.g. "
                 f"{_CFG_PREFIX}.image.checkpoint={example}; or use modality='precomputed:<name>_embedding'."
             )
-        path = _require_folder(Path(str(cfg["checkpoint"])).expanduser(), "image.checkpoint", example)
-        root = cfg.get("image_root")
-        return cls(path, int(cfg["batch_size"]), None if root is None else Path(str(root)), device)
+        path = _require_folder(Path(settings.checkpoint).expanduser(), "image.checkpoint", example)
+        root = settings.image_root
+        return cls(path, settings.batch_size, None if root is None else Path(root), device)
 
     @property
     def name(self) -> str:
@@ -355,9 +357,11 @@ def build_encoder(encoders_cfg: Mapping[str, Any], modality: str) -> ContentEnco
     """Encoder for ``modality``: ``text``, ``image`` or ``precomputed:<name>_embedding``."""
     device = resolve_device(str(encoders_cfg.get("device", "auto")))
     if modality == "text":
-        return TextEncoder.from_config(encoders_cfg["text"], device)
+        settings = typed(TextEncoderConfig, encoders_cfg["text"], f"{_CFG_PREFIX}.text")
+        return TextEncoder.from_settings(settings, device)
     if modality == "image":
-        return ImageEncoder.from_config(encoders_cfg["image"], device)
+        image = typed(ImageEncoderConfig, encoders_cfg["image"], f"{_CFG_PREFIX}.image")
+        return ImageEncoder.from_settings(image, device)
     if modality.startswith(PRECOMPUTED_PREFIX):
         column = modality.removeprefix(PRECOMPUTED_PREFIX)
         if not column.endswith(EMBEDDING_SUFFIX):

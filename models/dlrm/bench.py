@@ -23,7 +23,7 @@ step sits, after each Lightning step (``on_train_batch_end``) or before its trai
 Each repeat is summarised by each engine's median step; its ratio is the plain loop's median step over
 Lightning's (Lightning samples/s over plain samples/s, 1.0 = no overhead), and the reported ratio is the
 median over repeats. The plain sums of the step times (``wall_seconds``, ``ratio_wall``) are reported
-beside it. Both engines run with ``trainer.malloc`` (``recsys.allocator``), as ``recsys train`` does; the
+beside it. Both engines run with ``model.malloc`` (``recsys.allocator``), as ``recsys train`` does; the
 minor page faults per timed step of each engine are reported beside the times (``minor_faults_per_step``).
 """
 
@@ -35,14 +35,12 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -50,25 +48,34 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from models.common.launch import launch_local
 from models.dlrm.batch import CTRBatch
-from models.dlrm.config import DLRMConfig, OptimConfig, ShardingConfig, TableSpec
-from models.dlrm.launch import launch_local
+from models.dlrm.config import (
+    DenseFeatures,
+    DLRMBenchConfig,
+    DLRMConfig,
+    OptimConfig,
+    ShardingConfig,
+    TableSpec,
+)
 from models.dlrm.module import DLRMLitModule, dense_optimizer_factory
 from models.dlrm.sharding import shard_ranker
 from models.dlrm.strategy import GLOO, TorchRecStrategy
 from recsys.allocator import MallocSettings, apply_malloc_settings, minor_page_faults
 from recsys.bench import alternating_order
-from recsys.config import conf_dir
-from recsys.errors import ConfigError
+from recsys.config import compose, to_plain, typed
 
 LIGHTNING, TORCHREC = "lightning", "torchrec"
 """Engine names in the results; TORCHREC (the plain loop) is the reference of every ratio."""
 PLAIN_AFTER, PLAIN_BEFORE = "after", "before"
 PLACEMENTS = (PLAIN_AFTER, PLAIN_BEFORE)
 """Where a repeat runs each plain step: after each Lightning step, or before each Lightning training step."""
-MODEL_CONF = Path("model") / "dlrm_criteo.yaml"
-"""Model conf (under ``conf/``) whose arch hidden sizes and optimizer settings the bench model uses."""
+MODEL_CONF = "dlrm_criteo"
+"""Model conf (``conf/model/<name>.yaml``) whose arch hidden sizes, optimizer, SIGTERM broadcast interval and
+malloc thresholds the bench uses, unless the composed ``model`` is a DLRM one (``model=dcn``, ...)."""
 INTERACTION = "dot"
+DCN_NUM_LAYERS, DCN_LOW_RANK_DIM = 3, 64
+"""Unused with the dot interaction; a DLRMConfig states them."""
 SHARDING_TYPES = ("table_wise",)
 POOLING = "sum"
 
@@ -78,7 +85,7 @@ ModelState = dict[str, list[tuple[list[int], torch.Tensor]]]
 
 @dataclass(frozen=True)
 class DLRMBenchSettings:
-    """``bench.dlrm`` of the root config plus the seed and the Criteo model's arch and optimizer.
+    """``conf/bench/dlrm.yaml`` plus the seed and the DLRM model's arch, optimizer and process settings.
 
     Attributes:
         batch_size: rows per batch and process.
@@ -94,9 +101,9 @@ class DLRMBenchSettings:
         dense_hidden: dense arch hidden sizes before the final ``embedding_dim`` layer.
         over_arch: over arch sizes (ends with 1).
         optim: learning rates and Adagrad epsilon.
-        sigterm_broadcast_every_n_steps: ``trainer.sigterm_broadcast_every_n_steps``, as ``recsys train``
+        sigterm_broadcast_every_n_steps: ``model.sigterm_broadcast_every_n_steps``, as ``recsys train``
             gives it to the Lightning engine's ``TorchRecStrategy``.
-        malloc: ``trainer.malloc``, applied in every process of both engines (None = glibc's defaults).
+        malloc: ``model.malloc``, applied in every process of both engines (None = glibc's defaults).
     """
 
     batch_size: int
@@ -116,38 +123,40 @@ class DLRMBenchSettings:
     malloc: MallocSettings | None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> DLRMBenchSettings:
-        """Read ``cfg["bench"]["dlrm"]``, ``cfg["seed"]``, ``cfg["trainer"]`` and the arch/optim of
-        ``conf/model/dlrm_criteo``."""
-        bench = cfg["bench"]["dlrm"]
-        if int(bench["warmup_batches"]) < 1:
-            # the first timed step interval starts at the end of the last warm-up step
-            raise ConfigError(f"bench.dlrm.warmup_batches={bench['warmup_batches']}: must be at least 1.")
-        model = OmegaConf.to_container(OmegaConf.load(conf_dir() / MODEL_CONF), resolve=True)
-        assert isinstance(model, dict)
-        optim = model["optim"]
+    def of(cls, bench: DLRMBenchConfig, model: DLRMConfig, seed: int) -> DLRMBenchSettings:
+        """The bench group, the seed, and the arch / optimizer / process settings of ``model``
+        (:func:`bench_model`)."""
         return cls(
-            batch_size=int(bench["batch_size"]),
-            num_batches=int(bench["num_batches"]),
-            warmup_batches=int(bench["warmup_batches"]),
-            num_dense=int(bench["num_dense"]),
-            num_sparse=int(bench["num_sparse"]),
-            rows_per_table=int(bench["rows_per_table"]),
-            embedding_dim=int(bench["embedding_dim"]),
-            world_sizes=tuple(int(w) for w in bench["world_sizes"]),
-            repeats=int(bench["repeats"]),
-            seed=int(cfg["seed"]),
-            dense_hidden=tuple(int(x) for x in model["dense_arch_layer_sizes"][:-1]),
-            over_arch=tuple(int(x) for x in model["over_arch_layer_sizes"]),
-            optim=OptimConfig(float(optim["dense_lr"]), float(optim["sparse_lr"]), float(optim["eps"])),
-            sigterm_broadcast_every_n_steps=int(cfg["trainer"]["sigterm_broadcast_every_n_steps"]),
-            malloc=MallocSettings.from_config(cfg["trainer"]),
+            batch_size=bench.batch_size,
+            num_batches=bench.num_batches,
+            warmup_batches=bench.warmup_batches,
+            num_dense=bench.num_dense,
+            num_sparse=bench.num_sparse,
+            rows_per_table=bench.rows_per_table,
+            embedding_dim=bench.embedding_dim,
+            world_sizes=bench.world_sizes,
+            repeats=bench.repeats,
+            seed=seed,
+            dense_hidden=model.dense_arch_layer_sizes[:-1],
+            over_arch=model.over_arch_layer_sizes,
+            optim=model.optim,
+            sigterm_broadcast_every_n_steps=model.sigterm_broadcast_every_n_steps,
+            malloc=model.malloc,
         )
 
     @property
     def total_batches(self) -> int:
         """Batches each process trains on: warm-up plus timed."""
         return self.warmup_batches + self.num_batches
+
+
+def bench_model(cfg: Mapping[str, Any]) -> DLRMConfig:
+    """The DLRM model conf the bench takes its arch and settings from: the composed ``model`` when it is a
+    DLRM one (``recsys bench dlrm model=dcn model.malloc=null``), else ``conf/model/dlrm_criteo.yaml``."""
+    model = cfg.get("model")
+    if model is None or model.get("family") != "dlrm":
+        model = to_plain(compose([f"model={MODEL_CONF}"]))["model"]
+    return typed(DLRMConfig, model, "model")
 
 
 def bench_model_config(settings: DLRMBenchSettings) -> tuple[DLRMConfig, dict[str, int]]:
@@ -163,19 +172,25 @@ def bench_model_config(settings: DLRMBenchSettings) -> tuple[DLRMConfig, dict[st
     )
     cfg = DLRMConfig(
         name="dlrm_bench",
+        family="dlrm",
         interaction=INTERACTION,
+        dcn_num_layers=DCN_NUM_LAYERS,
+        dcn_low_rank_dim=DCN_LOW_RANK_DIM,
+        objective="binary",
+        ordinal_cuts=(),
         embedding_dim=settings.embedding_dim,
         dense_arch_layer_sizes=(*settings.dense_hidden, settings.embedding_dim),
         over_arch_layer_sizes=settings.over_arch,
         tables=tables,
-        log1p_features=tuple(f"int_{i}" for i in range(settings.num_dense)),
-        identity_features=(),
+        factorization_head=None,
+        dense_features=DenseFeatures(log1p=tuple(f"int_{i}" for i in range(settings.num_dense)), identity=()),
         optim=settings.optim,
-        sharding=ShardingConfig(sharding_types=SHARDING_TYPES),
+        shuffle_buffer_rows=None,
         batch_size=settings.batch_size,
         epochs=1,
+        early_stopping_patience=None,
+        sharding=ShardingConfig(sharding_types=SHARDING_TYPES, constraints={}, hbm_cap_gib=None),
     )
-    cfg.validate()
     counts = {table.size: settings.rows_per_table for table in tables}
     return cfg, counts
 
@@ -413,7 +428,8 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Samples/s of the Lightning loop and of the plain TorchRec loop for each ``bench.dlrm.world_sizes``.
 
     Args:
-        cfg: the plain root config (``to_plain(compose(...))``); reads ``bench.dlrm`` and ``seed``.
+        cfg: the plain root config (``to_plain(compose(["bench=dlrm", ...]))``); reads ``bench``, ``seed`` and
+            the model of :func:`bench_model`.
 
     Returns:
         ``{"params": workload, "timings": [row, ...], "ratios": {"<world size>": ratio},
@@ -425,7 +441,8 @@ def run_dlrm_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         repeats), ``wall_seconds_per_repeat``, ``ratio_wall``, and ``minor_faults_per_step`` (rank 0, median
         over repeats).
     """
-    settings = DLRMBenchSettings.from_config(cfg)
+    bench = typed(DLRMBenchConfig, cfg["bench"], "bench")
+    settings = DLRMBenchSettings.of(bench, bench_model(cfg), int(cfg["seed"]))
     timings: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
     repeat_ratios: dict[str, list[float]] = {}

@@ -1,12 +1,18 @@
-"""Typed view of ``conf/model/dlrm*.yaml``. Table sizes are never configured: they come from the
-manifest counts named by each table's ``size`` (e.g. ``num_items``)."""
+"""Typed view of ``conf/model/dlrm*.yaml`` (Hydra structured configs: the yaml states every value with its
+comment; a field with a default here is one the yaml may leave out). Table sizes are never configured: they
+come from the manifest counts named by each table's ``size`` (e.g. ``num_items``).
+
+Read a model group with ``recsys.config.typed(DLRMConfig, cfg["model"], "model")``; a saved config goes back
+to json with ``recsys.config.as_dict``. This module imports no torch, so importing it is cheap.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.allocator import MallocSettings
 from recsys.errors import ConfigError
 
 POOLINGS = ("sum", "mean")
@@ -21,7 +27,7 @@ class TableSpec:
     name: str
     features: tuple[str, ...]
     size: str
-    pooling: str = "sum"
+    pooling: str
     # Hash ids into at most this many rows (id % max_rows) when the vocabulary is larger; None = never.
     max_rows: int | None = None
 
@@ -54,6 +60,8 @@ class FactorizationHeadConfig:
         features: sparse features (KJT keys of ``DLRMConfig.tables``) whose embeddings interact; at least 2.
         embedding_dim: width of the factor vectors (a multiple of ``FBGEMM_WIDTH_MULTIPLE``).
         l2: weight of the mean (over rows) of the summed squared norms of the looked-up factor and bias rows.
+
+    Its values are checked by ``DLRMConfig`` (they depend on the network's tables).
     """
 
     features: tuple[str, ...]
@@ -73,18 +81,30 @@ class FactorizationHeadConfig:
         """The head's tables: every feature's factor table, then every feature's bias table."""
         return (*(self.factor_table(f) for f in self.features), *(self.bias_table(f) for f in self.features))
 
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | None) -> FactorizationHeadConfig | None:
-        if m is None:
-            return None
-        return cls(
-            features=tuple(str(f) for f in m["features"]),
-            embedding_dim=int(m["embedding_dim"]),
-            l2=float(m["l2"]),
-        )
 
-    def to_mapping(self) -> dict[str, Any]:
-        return {"features": list(self.features), "embedding_dim": self.embedding_dim, "l2": self.l2}
+@dataclass(frozen=True)
+class DenseFeatures:
+    """``model.dense_features``: numeric columns fed to the dense arch, ``log1p`` ones first.
+
+    Iterating gives the column names in batch order (``log1p`` then ``identity``), so code that read the old
+    ``DLRMConfig.dense_features`` tuple keeps working (``len``, ``*cfg.dense_features``, ``in``).
+    """
+
+    log1p: tuple[str, ...]
+    identity: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.log1p, *self.identity)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.log1p) + len(self.identity)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
 
 
 @dataclass(frozen=True)
@@ -94,40 +114,53 @@ class OptimConfig:
     eps: float
     # L2 penalty of the dense part (Adam's weight_decay). None for the tables: FBGEMM's CPU row-wise Adagrad
     # kernel accepts weight_decay but does not apply it (checked: identical tables with and without).
-    dense_weight_decay: float = 0.0
+    dense_weight_decay: float
 
 
 @dataclass(frozen=True)
 class ShardingConfig:
     sharding_types: tuple[str, ...]
-    constraints: Mapping[str, Any] = field(default_factory=dict)
-    hbm_cap_gib: float | None = None
+    # {table name: {ParameterConstraints field: value}}; checked by models.dlrm.sharding.build_constraints.
+    constraints: dict[str, Any]
+    hbm_cap_gib: float | None
 
 
 @dataclass(frozen=True)
 class DLRMConfig:
+    """``conf/model/dlrm.yaml`` (and the confs that inherit it: ``dlrm_criteo``, ``dcn``,
+    ``reclora``'s ``conventional.dlrm``); see the yaml for what each value means."""
+
     name: str
+    family: str
     interaction: str
+    dcn_num_layers: int
+    dcn_low_rank_dim: int
+    # binary: BCE on the 0/1 label. ordinal: also BCE on "rating >= cut" for each of ``ordinal_cuts``,
+    # through the same logit shifted by a per-cut constant (a cumulative-link model, see module.py).
+    objective: str
+    ordinal_cuts: tuple[float, ...]
     embedding_dim: int
     dense_arch_layer_sizes: tuple[int, ...]
     over_arch_layer_sizes: tuple[int, ...]
     tables: tuple[TableSpec, ...]
-    log1p_features: tuple[str, ...]
-    identity_features: tuple[str, ...]
+    # A factorization head trained beside the network (None = the network alone).
+    factorization_head: FactorizationHeadConfig | None
+    dense_features: DenseFeatures
     optim: OptimConfig
-    sharding: ShardingConfig
+    shuffle_buffer_rows: int | None
     batch_size: int
     epochs: int
-    dcn_num_layers: int = 3
-    dcn_low_rank_dim: int = 64
-    shuffle_buffer_rows: int | None = None
-    early_stopping_patience: int | None = None
-    # binary: BCE on the 0/1 label. ordinal: also BCE on "rating >= cut" for each of ``ordinal_cuts``,
-    # through the same logit shifted by a per-cut constant (a cumulative-link model, see module.py).
-    objective: str = "binary"
-    ordinal_cuts: tuple[float, ...] = ()
-    # A factorization head trained beside the network (None = the network alone).
-    factorization_head: FactorizationHeadConfig | None = None
+    early_stopping_patience: int | None
+    sharding: ShardingConfig
+    # data set name -> model conf used instead (read by recsys.config.compose; e.g. {criteo: dlrm_criteo}).
+    variant_for_data: dict[str, str] = field(default_factory=dict)
+    # TorchRecStrategy: Lightning's SIGTERM broadcast every N-th step (1 = every step, Lightning's own).
+    sigterm_broadcast_every_n_steps: int = 1
+    # Fixed glibc malloc thresholds of the training processes (None = glibc's dynamic defaults).
+    malloc: MallocSettings | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @property
     def sparse_features(self) -> tuple[str, ...]:
@@ -150,62 +183,15 @@ class DLRMConfig:
         )
 
     @property
-    def dense_features(self) -> tuple[str, ...]:
-        return (*self.log1p_features, *self.identity_features)
+    def log1p_features(self) -> tuple[str, ...]:
+        return tuple(self.dense_features.log1p)
 
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> DLRMConfig:
-        tables = tuple(
-            TableSpec(
-                name=str(t["name"]),
-                features=tuple(str(f) for f in t["features"]),
-                size=str(t["size"]),
-                pooling=str(t.get("pooling", "sum")),
-                max_rows=None if t.get("max_rows") is None else int(t["max_rows"]),
-            )
-            for t in m["tables"]
-        )
-        dense = m.get("dense_features") or {}
-        cfg = cls(
-            name=str(m["name"]),
-            interaction=str(m["interaction"]),
-            embedding_dim=int(m["embedding_dim"]),
-            dense_arch_layer_sizes=tuple(int(x) for x in m["dense_arch_layer_sizes"]),
-            over_arch_layer_sizes=tuple(int(x) for x in m["over_arch_layer_sizes"]),
-            tables=tables,
-            log1p_features=tuple(str(f) for f in dense.get("log1p") or ()),
-            identity_features=tuple(str(f) for f in dense.get("identity") or ()),
-            optim=OptimConfig(
-                float(m["optim"]["dense_lr"]),
-                float(m["optim"]["sparse_lr"]),
-                float(m["optim"]["eps"]),
-                dense_weight_decay=float(m["optim"].get("dense_weight_decay", 0.0)),
-            ),
-            sharding=ShardingConfig(
-                sharding_types=tuple(str(s) for s in m["sharding"]["sharding_types"]),
-                constraints=dict(m["sharding"].get("constraints") or {}),
-                hbm_cap_gib=None
-                if m["sharding"].get("hbm_cap_gib") is None
-                else float(m["sharding"]["hbm_cap_gib"]),
-            ),
-            batch_size=int(m["batch_size"]),
-            epochs=int(m["epochs"]),
-            dcn_num_layers=int(m.get("dcn_num_layers", 3)),
-            dcn_low_rank_dim=int(m.get("dcn_low_rank_dim", 64)),
-            shuffle_buffer_rows=None
-            if m.get("shuffle_buffer_rows") is None
-            else int(m["shuffle_buffer_rows"]),
-            early_stopping_patience=None
-            if m.get("early_stopping_patience") is None
-            else int(m["early_stopping_patience"]),
-            objective=str(m.get("objective", "binary")),
-            ordinal_cuts=tuple(float(c) for c in m.get("ordinal_cuts") or ()),
-            factorization_head=FactorizationHeadConfig.from_mapping(m.get("factorization_head")),
-        )
-        cfg.validate()
-        return cfg
+    @property
+    def identity_features(self) -> tuple[str, ...]:
+        return tuple(self.dense_features.identity)
 
     def validate(self) -> None:
+        """The checks no type can express (run on construction, so every instance passed them)."""
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={self.objective!r}; choose one of {OBJECTIVES}.")
         if self.objective == "ordinal" and not self.ordinal_cuts:
@@ -237,6 +223,11 @@ class DLRMConfig:
             seen.add(feature)
         if self.factorization_head is not None:
             self._validate_factorization_head(self.factorization_head)
+        if self.sigterm_broadcast_every_n_steps < 1:
+            raise ConfigError(
+                f"model.sigterm_broadcast_every_n_steps={self.sigterm_broadcast_every_n_steps}: must be at "
+                "least 1 (1 = every step)."
+            )
 
     def _validate_factorization_head(self, head: FactorizationHeadConfig) -> None:
         if len(head.features) < 2 or len(set(head.features)) != len(head.features):
@@ -258,3 +249,25 @@ class DLRMConfig:
             raise ConfigError(
                 f"model.tables uses the factorization head's table names {clash}; rename those tables."
             )
+
+
+@dataclass(frozen=True)
+class DLRMBenchConfig:
+    """``conf/bench/dlrm.yaml`` (``recsys bench dlrm``); see the yaml and ``models.dlrm.bench``."""
+
+    name: str
+    batch_size: int
+    num_batches: int
+    warmup_batches: int
+    num_dense: int
+    num_sparse: int
+    rows_per_table: int
+    embedding_dim: int
+    world_sizes: tuple[int, ...]
+    repeats: int
+    out_dir: str
+
+    def __post_init__(self) -> None:
+        if self.warmup_batches < 1:
+            # the first timed step interval starts at the end of the last warm-up step
+            raise ConfigError(f"bench.dlrm.warmup_batches={self.warmup_batches}: must be at least 1.")

@@ -328,7 +328,7 @@ def check_ctr_columns(folder: Path, manifest: Manifest, config: DLRMConfig) -> N
     found = {entry["name"]: entry["type"] for entry in manifest.schema}
     roles: list[tuple[tuple[str, ...], frozenset[str], str]] = [
         (config.sparse_features, _ID_TYPES | _ID_LIST_TYPES, "sparse feature (ids or array of ids)"),
-        (config.dense_features, _NUMERIC_TYPES, "dense feature (numeric)"),
+        (config.dense_features.names, _NUMERIC_TYPES, "dense feature (numeric)"),
         ((LABEL,), _NUMERIC_TYPES, "label (numeric)"),
     ]
     if config.objective == "ordinal":

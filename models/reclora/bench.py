@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from models.reclora.config import BackboneConfig, LoRAConfig, MixerConfig
+from models.reclora.config import BackboneConfig, LoRAConfig, MixerConfig, RecLoRABenchSettings
 from models.reclora.network import RecLoRAModel, load_backbone
 from recsys.bench import alternating_order
+from recsys.config import as_dict, typed
 
 SHARED, PERSONALIZED = "shared", "personalized"
 # Token ids below this are special / unused tokens in BERT-style vocabularies; random prompts avoid them.
@@ -42,20 +43,15 @@ def _timed(
 
 
 def run_reclora_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    b = cfg["bench"]["reclora"]
-    if b.get("num_threads"):
-        torch.set_num_threads(int(b["num_threads"]))
-    backbone_cfg = BackboneConfig(b.get("backbone_path"), "encoder", "mean", "yes", "no")
+    b = typed(RecLoRABenchSettings, cfg["bench"], "bench")
+    if b.num_threads:
+        torch.set_num_threads(b.num_threads)
+    backbone_cfg = BackboneConfig(b.backbone_path, "encoder", "mean", "yes", "no")
     lora = LoRAConfig(
-        targets=tuple(str(t) for t in b["targets"]),
-        rank=int(b["rank"]),
-        alpha=int(b["alpha"]),
-        dropout=0.0,
-        num_meta=int(b["num_meta"]),
-        layers=None if b.get("layers") is None else tuple(int(x) for x in b["layers"]),
+        targets=b.targets, rank=b.rank, alpha=b.alpha, dropout=0.0, num_meta=b.num_meta, layers=b.layers
     )
-    mixer = MixerConfig(int(b["mixer_hidden"]), 1.0)
-    batch, length, user_dim = int(b["batch_size"]), int(b["seq_length"]), int(b["user_dim"])
+    mixer = MixerConfig(b.mixer_hidden, 1.0)
+    batch, length, user_dim = b.batch_size, b.seq_length, b.user_dim
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
     models: dict[str, RecLoRAModel] = {}
     for engine, k in ((SHARED, 1), (PERSONALIZED, lora.num_meta)):
@@ -67,12 +63,12 @@ def run_reclora_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     users = torch.randn(batch, user_dim, generator=generator)
     seconds: dict[str, list[float]] = {SHARED: [], PERSONALIZED: []}
     cpu_seconds: dict[str, list[float]] = {SHARED: [], PERSONALIZED: []}
-    for repeat in range(int(b["repeats"])):
+    for repeat in range(b.repeats):
         for engine in alternating_order(SHARED, PERSONALIZED, repeat):
-            wall, cpu = _timed(models[engine], ids, users, int(b["num_batches"]), int(b["warmup_batches"]))
+            wall, cpu = _timed(models[engine], ids, users, b.num_batches, b.warmup_batches)
             seconds[engine].append(wall)
             cpu_seconds[engine].append(cpu)
-    samples = batch * int(b["num_batches"])
+    samples = batch * b.num_batches
     median = {e: statistics.median(v) for e, v in seconds.items()}
     ms = {e: 1000.0 * s / samples for e, s in median.items()}
     ratio = ms[PERSONALIZED] / ms[SHARED]
@@ -91,7 +87,8 @@ def run_reclora_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         }
         for engine in (SHARED, PERSONALIZED)
     ]
-    params = {**dict(b), "threads": torch.get_num_threads()}
+    # the bench settings as the yaml states them (less the option's name), plus the threads used
+    params = {**{k: v for k, v in as_dict(b).items() if k != "name"}, "threads": torch.get_num_threads()}
     return {
         "params": params,
         "timings": timings,

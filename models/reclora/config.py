@@ -1,10 +1,10 @@
-"""Typed view of ``conf/model/reclora.yaml`` (every field is commented there)."""
+"""Typed view of ``conf/model/reclora.yaml`` (every field is commented there) and of ``recsys bench reclora``
+(``conf/bench/reclora.yaml``). Hydra structured configs, read with ``recsys.config.typed``; this module
+imports no torch, so importing it is cheap."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from models.dlrm.config import DLRMConfig
 from recsys.errors import ConfigError
@@ -38,6 +38,7 @@ class LoRAConfig:
     alpha: int
     dropout: float
     num_meta: int
+    # Transformer blocks (0-based) that get LoRA; None = every block.
     layers: tuple[int, ...] | None = None
 
     @property
@@ -64,14 +65,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RetrieverConfig:
+    modality: str
+    pool: int | None
+
+
+@dataclass(frozen=True)
+class ConventionalConfig:
+    long_history: int
+    # conf/model/dlrm.yaml, mounted here by reclora.yaml's defaults list.
+    dlrm: DLRMConfig
+
+
+@dataclass(frozen=True)
 class RecLoRAConfig:
+    """``conf/model/reclora.yaml``: ``recsys.config.typed(RecLoRAConfig, cfg["model"], "model")``."""
+
     name: str
+    family: str
     backbone: BackboneConfig
     prompt: PromptConfig
-    retriever_modality: str
-    retriever_pool: int | None
-    long_history: int
-    dlrm: DLRMConfig
+    retriever: RetrieverConfig
+    conventional: ConventionalConfig
     lora: LoRAConfig
     mixer: MixerConfig
     train: TrainConfig
@@ -79,52 +94,24 @@ class RecLoRAConfig:
     retriever_settings: tuple[bool, ...]
     seeds: tuple[int, ...]
 
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> RecLoRAConfig:
-        b, p, lo, mx, t = m["backbone"], m["prompt"], m["lora"], m["mixer"], m["train"]
-        cfg = cls(
-            name=str(m["name"]),
-            backbone=BackboneConfig(
-                path=None if b.get("path") is None else str(b["path"]),
-                kind=str(b["kind"]),
-                pooling=str(b["pooling"]),
-                yes_token=str(b["yes_token"]),
-                no_token=str(b["no_token"]),
-            ),
-            prompt=PromptConfig(
-                int(p["max_length"]),
-                int(p["short_history"]),
-                int(p["title_chars"]),
-                tuple(str(a) for a in p.get("user_attributes") or ()),
-            ),
-            retriever_modality=str(m["retriever"]["modality"]),
-            retriever_pool=None if m["retriever"].get("pool") is None else int(m["retriever"]["pool"]),
-            long_history=int(m["conventional"]["long_history"]),
-            dlrm=DLRMConfig.from_mapping(m["conventional"]["dlrm"]),
-            lora=LoRAConfig(
-                targets=tuple(str(x) for x in lo["targets"]),
-                rank=int(lo["rank"]),
-                alpha=int(lo["alpha"]),
-                dropout=float(lo["dropout"]),
-                num_meta=int(lo["num_meta"]),
-                layers=None if lo.get("layers") is None else tuple(int(x) for x in lo["layers"]),
-            ),
-            mixer=MixerConfig(int(mx["hidden"]), float(mx["temperature"])),
-            train=TrainConfig(
-                few2many_fraction=float(t["few2many_fraction"]),
-                batch_size=int(t["batch_size"]),
-                epochs=int(t["epochs"]),
-                lr=float(t["lr"]),
-                weight_decay=float(t["weight_decay"]),
-                eval_max_samples=None if t.get("eval_max_samples") is None else int(t["eval_max_samples"]),
-                num_threads=int(t.get("num_threads") or 0),
-            ),
-            arms=tuple(str(a) for a in m["arms"]),
-            retriever_settings=tuple(bool(r) for r in m["retriever_settings"]),
-            seeds=tuple(int(s) for s in m["seeds"]),
-        )
-        cfg.validate()
-        return cfg
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def retriever_modality(self) -> str:
+        return self.retriever.modality
+
+    @property
+    def retriever_pool(self) -> int | None:
+        return self.retriever.pool
+
+    @property
+    def long_history(self) -> int:
+        return self.conventional.long_history
+
+    @property
+    def dlrm(self) -> DLRMConfig:
+        return self.conventional.dlrm
 
     def validate(self) -> None:
         if self.backbone.kind not in BACKBONE_KINDS:
@@ -151,3 +138,25 @@ class RecLoRAConfig:
                 f"model.prompt.short_history={self.prompt.short_history} must be >= 0 and "
                 f"model.conventional.long_history={self.long_history} >= 1."
             )
+
+
+@dataclass(frozen=True)
+class RecLoRABenchSettings:
+    """``conf/bench/reclora.yaml`` (``recsys bench reclora``); see the yaml for what each value means."""
+
+    name: str
+    backbone_path: str | None
+    batch_size: int
+    seq_length: int
+    num_batches: int
+    warmup_batches: int
+    repeats: int
+    targets: tuple[str, ...]
+    rank: int
+    alpha: int
+    layers: tuple[int, ...] | None
+    num_meta: int
+    mixer_hidden: int
+    user_dim: int
+    num_threads: int
+    out_dir: str

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from models.common.trainer import build_trainer
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule
 from models.dlrm.module import DLRMLitModule
@@ -40,14 +41,17 @@ from models.dlrm.pyfunc import (
     ARTIFACT_STATE,
     build_cpu_ranker,
     config_to_mapping,
+    mapping_to_config,
     save_artifacts,
 )
 from models.dlrm.strategy import TorchRecStrategy
 from models.reclora.history import NO_EVENT, EventLog, recent_events
+from recsys.config import typed
 from recsys.console import step
 from recsys.errors import ConfigError
 from recsys.manifest import publish_atomically, read_manifest, write_manifest
 from recsys.schema import ITEM_IDX, OOV_INDEX, SPLIT, TIMESTAMP, USER_IDX
+from recsys.settings import TrainerConfig
 from recsys.tables import read_arrow
 
 RECENT_ITEMS = "recent_item_idx"
@@ -111,7 +115,7 @@ class Conventional:
 
     @classmethod
     def load(cls, folder: Path) -> Conventional:
-        config = DLRMConfig.from_mapping(json.loads((folder / _ARTIFACT_FILES[ARTIFACT_CONFIG]).read_text()))
+        config = mapping_to_config(json.loads((folder / _ARTIFACT_FILES[ARTIFACT_CONFIG]).read_text()))
         counts = {
             str(k): int(v)
             for k, v in json.loads((folder / _ARTIFACT_FILES[ARTIFACT_COUNTS]).read_text()).items()
@@ -181,15 +185,14 @@ def train_conventional(
     pl.seed_everything(seed, workers=True)
     datamodule = CTRDataModule(ctr_long, cfg, seed=seed, shuffle_buffer_rows=cfg.shuffle_buffer_rows)
     module = DLRMLitModule(cfg, datamodule.counts)
-    trainer = pl.Trainer(
-        accelerator=str(trainer_cfg["accelerator"]),
+    trainer = build_trainer(
+        typed(TrainerConfig, trainer_cfg, "trainer"),
         devices=1,
         strategy=TorchRecStrategy(),
         max_epochs=cfg.epochs,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        limit_train_batches=trainer_cfg.get("limit_train_batches"),
         limit_val_batches=0,
         enable_progress_bar=True,
     )

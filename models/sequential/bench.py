@@ -10,41 +10,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from models.sequential.config import SequentialConfig
+from models.sequential.config import SequentialBenchSettings, SequentialConfig
 from models.sequential.data import SequenceData, SequenceDataModule, load_sequences
 from models.sequential.module import SequentialLitModule
 from models.sequential.network import build_network
 from models.sequential.train import content_matrix, set_threads
-from recsys.config import compose, to_plain
+from recsys.config import compose, to_plain, typed
 from recsys.console import step
-from recsys.offline import features_dir, load_interactions
-
-
-@dataclass(frozen=True)
-class SequentialBenchSettings:
-    models: tuple[str, ...]
-    """The first one is also timed in the plain loop."""
-    epochs: int
-    num_threads: int | None
-    out_dir: str
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> SequentialBenchSettings:
-        section = cfg["bench"]["sequential"]
-        threads = section.get("num_threads")
-        return cls(
-            models=tuple(str(m) for m in section["models"]),
-            epochs=int(section["epochs"]),
-            num_threads=None if threads is None else int(threads),
-            out_dir=str(section["out_dir"]),
-        )
+from recsys.offline import load_interactions
+from recsys.paths import RunPaths
 
 
 class _EpochTimer(pl.Callback):
@@ -109,16 +89,16 @@ def plain_epochs(
 
 
 def run_sequential_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    settings = SequentialBenchSettings.from_config(cfg)
+    settings = typed(SequentialBenchSettings, cfg["bench"], "bench")
     threads = set_threads(settings.num_threads)
-    features = features_dir(cfg)
+    features = RunPaths.from_cfg(cfg).features
     interactions = load_interactions(features)
     seed = int(cfg["seed"])
     timings: list[dict[str, Any]] = []
     overrides = [f"paths.root={cfg['paths']['root']}", f"run.date={cfg['run']['date']}"]
     for name in settings.models:
         full_cfg = to_plain(compose([*overrides, f"data={cfg['data']['name']}", f"model={name}"]))
-        model_cfg = SequentialConfig.from_mapping(full_cfg["model"])
+        model_cfg = typed(SequentialConfig, full_cfg["model"], "model")
         data = load_sequences(features, model_cfg.max_len)
         content = content_matrix(full_cfg, model_cfg)
         datamodule = SequenceDataModule(

@@ -16,57 +16,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys.errors import InputError
 from recsys.schema import TableSchema
+from recsys.settings import DataConfig as DataConfig  # the `data` schema; adapters import it from here
 
 SOURCE_FILE = "_source_file"
 RAW = "_raw"
 PARSE_ERROR = "_parse_error"
 UTF8 = {"utf-8", "utf8"}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The `data` config group, typed. ``options`` keeps the whole group for format-specific keys."""
-
-    name: str
-    format: str
-    path: str | None
-    encoding: str
-    timestamp_unit: str
-    rating_min: float | None
-    rating_max: float | None
-    user_attributes: tuple[str, ...]
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> DataConfig:
-        return cls(
-            name=str(data["name"]),
-            format=str(data["format"]),
-            path=None if data.get("path") is None else str(data["path"]),
-            encoding=str(data.get("encoding", "utf-8")),
-            timestamp_unit=str(data.get("timestamp_unit", "s")),
-            rating_min=None if data.get("rating_min") is None else float(data["rating_min"]),
-            rating_max=None if data.get("rating_max") is None else float(data["rating_max"]),
-            user_attributes=tuple(str(a) for a in data.get("user_attributes") or ()),
-            options=dict(data),
-        )
-
-    def require_path(self) -> Path:
-        if not self.path:
-            raise InputError(f"data={self.name} needs a folder: pass data.path=DIR.")
-        folder = Path(self.path).expanduser()
-        if not folder.is_dir():
-            raise InputError(f"{folder}: data.path is not a readable folder (data={self.name}).")
-        return folder
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 from omegaconf import OmegaConf
 
-from recsys.config import conf_dir
+from recsys.config import conf_dir, typed
 from recsys.console import step
 from recsys.errors import ConfigError
 from recsys.retrieval.index import IndexConfig, ItemIndex
@@ -84,7 +84,7 @@ def index_configs() -> list[IndexConfig]:
         mapping = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: expected a mapping of index settings.")
-        configs.append(IndexConfig.from_mapping({str(k): v for k, v in mapping.items()}, source=str(path)))
+        configs.append(typed(IndexConfig, mapping, "index"))
     if not any(c.name == EXACT_INDEX for c in configs):
         raise ConfigError(
             f"{folder}: no {EXACT_INDEX}.yaml (`factory: Flat`), the exact reference is missing."
@@ -104,7 +104,7 @@ def run_retrieval_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "factory", "build_seconds", "qps", "recall_at_k", "speedup_vs_exact"}, ...]}``; ``ratio`` of a search
         step is its QPS over the exact QPS, of a build step its seconds over the exact build's.
     """
-    bench = cfg["bench"]["retrieval"]
+    bench = cfg["bench"]
     seed = int(cfg["seed"])
     num_items, dim, k = int(bench["num_items"]), int(bench["dim"]), int(bench["k"])
     num_queries, num_clusters = int(bench["num_queries"]), int(bench["num_clusters"])

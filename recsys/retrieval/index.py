@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -23,76 +22,20 @@ import numpy as np
 from recsys.console import console
 from recsys.errors import ConfigError, InputError
 from recsys.manifest import publish_atomically
+from recsys.settings import INNER_PRODUCT
+from recsys.settings import IndexConfig as IndexConfig  # re-exported: importers keep this module's name
 
 INDEX_FILE = "index.faiss"
 ITEM_IDS_FILE = "item_ids.npy"
 META_FILE = "meta.json"
 INDEX_FILES = (INDEX_FILE, ITEM_IDS_FILE, META_FILE)
 
-INNER_PRODUCT = "inner_product"
 _METRICS = {INNER_PRODUCT: faiss.METRIC_INNER_PRODUCT}
 # Id returned where an index has fewer than K results for a query (FAISS's own convention).
 MISSING_ID = -1
 _IVF_LISTS = re.compile(r"IVF(\d+)")
 
 UseGpu = Literal["auto"] | bool
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """One ``conf/index/<name>.yaml``: which FAISS index to build and how to search it.
-
-    Attributes:
-        name: short name of the choice (``flat``, ``hnsw``, ``ivf``, ``ivfpq``).
-        factory: FAISS ``index_factory`` string, e.g. ``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``.
-        metric: similarity; only ``inner_product`` (higher score = more similar).
-        train_sample: most vectors used to train IVF/PQ indexes (a seeded random subset); ``None`` = all.
-        nprobe: inverted lists visited per query (IVF indexes only).
-        ef_search: candidate list size of the HNSW search (HNSW only).
-        ef_construction: candidate list size while building the HNSW graph (HNSW only).
-        min_points_per_list: the IVF list count of the factory string is lowered at build time to at most
-            ``N // min_points_per_list`` so small catalogs still train (FAISS warns below 39 per centroid).
-        use_gpu: ``"auto"`` (GPU when ``faiss.get_num_gpus() > 0``), ``true`` (fail without one) or ``false``.
-    """
-
-    name: str
-    factory: str
-    metric: str = INNER_PRODUCT
-    train_sample: int | None = None
-    nprobe: int | None = None
-    ef_search: int | None = None
-    ef_construction: int | None = None
-    min_points_per_list: int = 39
-    use_gpu: UseGpu = "auto"
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], source: str = "conf/index") -> IndexConfig:
-        """Typed config from the composed ``index`` group (or a loaded yaml file).
-
-        Raises:
-            ConfigError: on an unknown or missing key, an unsupported metric, a non-positive number or a
-                ``use_gpu`` other than auto/true/false; the message names ``source`` and the key.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
-        for key in ("name", "factory"):
-            if not mapping.get(key):
-                raise ConfigError(f'{source}: key {key!r} must be set, e.g. `factory: "IVF1024,Flat"`.')
-        values = dict(mapping)
-        if values.get("metric", INNER_PRODUCT) not in _METRICS:
-            raise ConfigError(
-                f"{source}: metric {values['metric']!r} is not supported; use `metric: {INNER_PRODUCT}`."
-            )
-        for key in ("train_sample", "nprobe", "ef_search", "ef_construction", "min_points_per_list"):
-            value = values.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{source}: {key} must be a positive integer or null, got {value!r}.")
-        use_gpu = values.get("use_gpu", "auto")
-        if use_gpu not in ("auto", True, False):
-            raise ConfigError(f"{source}: use_gpu must be auto, true or false, got {use_gpu!r}.")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -121,7 +64,7 @@ class ItemIndex:
 
     Example::
 
-        index = ItemIndex.build(item_vectors, item_ids, IndexConfig.from_mapping(cfg["index"]), "v3")
+        index = ItemIndex.build(item_vectors, item_ids, typed(IndexConfig, cfg["index"], "index"), "v3")
         ids, scores = index.search(user_vectors, k=100)
         index.save(Path("runs/2024-01-01/index/sasrec"))
     """

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule, CTRIterableDataset
-from recsys.config import compose, to_plain
+from recsys.config import compose, to_plain, typed
 from recsys.errors import ManifestError
 from recsys.schema import OOV_INDEX
 from recsys.tables import read_arrow
@@ -42,7 +42,7 @@ def _synthetic_model(**changes: Any) -> DLRMConfig:
     """conf/model/dlrm.yaml with the synthetic ``segment`` attribute in place of the MovieLens ones."""
     mapping = to_plain(compose(["model=dlrm"]))["model"]
     mapping["tables"] = synthetic_tables(mapping["tables"])
-    return dataclasses.replace(DLRMConfig.from_mapping(mapping), **changes)
+    return dataclasses.replace(typed(DLRMConfig, mapping, "model"), **changes)
 
 
 def _criteo_model(max_rows: int | None = None) -> DLRMConfig:
@@ -50,7 +50,7 @@ def _criteo_model(max_rows: int | None = None) -> DLRMConfig:
     if max_rows is not None:
         for table in mapping["tables"]:
             table["max_rows"] = max_rows
-    return DLRMConfig.from_mapping(mapping)
+    return typed(DLRMConfig, mapping, "model")
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_datamodule_reads_counts_and_the_trainer_shard(synthetic: Path) -> None:
 
 
 def test_missing_column_is_named(synthetic: Path) -> None:
-    movielens = DLRMConfig.from_mapping(to_plain(compose(["model=dlrm"]))["model"])
+    movielens = typed(DLRMConfig, compose(["model=dlrm"])["model"], "model")
     with pytest.raises(ManifestError, match=r"'gender_idx'.*segment_idx"):
         CTRDataModule(synthetic, movielens, seed=SEED)
     with pytest.raises(ManifestError, match=r"'gender_idx'.*segment_idx"):

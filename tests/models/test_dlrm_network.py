@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from torch.utils.data import DataLoader
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.dlrm.batch import CTRBatch
-from models.dlrm.config import DLRMConfig, FactorizationHeadConfig, OptimConfig, ShardingConfig, TableSpec
+from models.dlrm.config import (
+    DenseFeatures,
+    DLRMConfig,
+    FactorizationHeadConfig,
+    OptimConfig,
+    ShardingConfig,
+    TableSpec,
+)
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
 from models.dlrm.strategy import TorchRecStrategy
@@ -35,9 +43,14 @@ def make_config(
 ) -> DLRMConfig:
     """A small DLRM config over ``COUNTS``: 3 tables (single ids and one multi-hot bag), 2 dense features
     (and, when given, a factorization head)."""
-    cfg = DLRMConfig(
+    return DLRMConfig(
         name="dlrm_test",
+        family="dlrm",
         interaction=interaction,
+        dcn_num_layers=2,
+        dcn_low_rank_dim=4,
+        objective="binary",
+        ordinal_cuts=(),
         embedding_dim=8,
         dense_arch_layer_sizes=(16, 8),
         over_arch_layer_sizes=(16, 1),
@@ -46,18 +59,15 @@ def make_config(
             TableSpec("t_item", ("item_idx",), "num_items", "sum"),
             TableSpec("t_category", ("category_idx",), "num_categories", "mean"),
         ),
-        log1p_features=(),
-        identity_features=DENSE_FEATURES,
-        optim=OptimConfig(dense_lr=0.01, sparse_lr=0.1, eps=1e-8),
-        sharding=ShardingConfig(sharding_types=sharding_types),
+        factorization_head=factorization_head,
+        dense_features=DenseFeatures(log1p=(), identity=DENSE_FEATURES),
+        optim=OptimConfig(dense_lr=0.01, sparse_lr=0.1, eps=1e-8, dense_weight_decay=0.0),
+        shuffle_buffer_rows=None,
         batch_size=BATCH_SIZE,
         epochs=1,
-        dcn_num_layers=2,
-        dcn_low_rank_dim=4,
-        factorization_head=factorization_head,
+        early_stopping_patience=None,
+        sharding=ShardingConfig(sharding_types=sharding_types, constraints={}, hbm_cap_gib=None),
     )
-    cfg.validate()
-    return cfg
 
 
 def make_batch(cfg: DLRMConfig, generator: torch.Generator, batch_size: int = BATCH_SIZE) -> CTRBatch:
@@ -149,7 +159,7 @@ def test_unsharded_forward_gives_one_finite_logit_per_row(interaction: str) -> N
 def test_tables_are_sized_from_manifest_counts_and_capped_by_max_rows() -> None:
     cfg = make_config()
     capped = TableSpec("t_item", ("item_idx",), "num_items", "sum", max_rows=7)
-    cfg = DLRMConfig(**{**cfg.__dict__, "tables": (cfg.tables[0], capped, cfg.tables[2])})
+    cfg = dataclasses.replace(cfg, tables=(cfg.tables[0], capped, cfg.tables[2]))
     ebc = build_embedding_bag_collection(cfg, COUNTS, torch.device("meta"))
     sizes = {
         c.name: (c.num_embeddings, c.embedding_dim, c.feature_names) for c in ebc.embedding_bag_configs()

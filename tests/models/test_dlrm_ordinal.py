@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule
 from models.dlrm.module import DLRMLitModule, ordinal_loss
+from recsys.config import typed
 from recsys.errors import ConfigError, ManifestError
 from recsys.tables import read_arrow
 from tests.models.test_dlrm_network import make_trainer
@@ -73,7 +74,7 @@ def test_cut_shifts_are_the_marginal_logits_of_the_training_split(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     cfg = build_features(spark, tmp_path_factory.mktemp("ordinal-shifts"), "dcn")
-    model_cfg = DLRMConfig.from_mapping(cfg["model"])
+    model_cfg = typed(DLRMConfig, cfg["model"], "model")
     assert model_cfg.objective == "ordinal"
     folder = ctr_folder(cfg)
     train = read_arrow(folder).to_pandas()
@@ -95,7 +96,7 @@ def test_fit_with_the_ordinal_objective_sets_shifts_and_lowers_the_loss(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     cfg = build_features(spark, tmp_path_factory.mktemp("ordinal-fit"), "dcn")
-    model_cfg = DLRMConfig.from_mapping(cfg["model"])
+    model_cfg = typed(DLRMConfig, cfg["model"], "model")
     datamodule = CTRDataModule(ctr_folder(cfg), model_cfg, seed=0)
     module = DLRMLitModule(model_cfg, datamodule.counts)
     trainer = make_trainer(FIT_STEPS, limit_val_batches=0)
@@ -113,22 +114,30 @@ def test_fit_with_the_ordinal_objective_sets_shifts_and_lowers_the_loss(
 def _tiny_mapping(**changes: object) -> dict[str, object]:
     return {
         "name": "tiny",
+        "family": "dlrm",
         "interaction": "dot",
+        "dcn_num_layers": 3,
+        "dcn_low_rank_dim": 64,
+        "objective": "binary",
+        "ordinal_cuts": [],
         "embedding_dim": 4,
         "dense_arch_layer_sizes": [4],
         "over_arch_layer_sizes": [4, 1],
-        "tables": [{"name": "t_user", "features": ["user_idx"], "size": "num_users"}],
-        "dense_features": {"identity": ["x"]},
-        "optim": {"dense_lr": 0.01, "sparse_lr": 0.01, "eps": 1e-8},
-        "sharding": {"sharding_types": ["table_wise"]},
+        "tables": [{"name": "t_user", "features": ["user_idx"], "size": "num_users", "pooling": "sum"}],
+        "factorization_head": None,
+        "dense_features": {"log1p": [], "identity": ["x"]},
+        "optim": {"dense_lr": 0.01, "sparse_lr": 0.01, "eps": 1e-8, "dense_weight_decay": 0.0},
+        "shuffle_buffer_rows": None,
         "batch_size": 2,
         "epochs": 1,
+        "early_stopping_patience": None,
+        "sharding": {"sharding_types": ["table_wise"], "constraints": {}, "hbm_cap_gib": None},
         **changes,
     }
 
 
 def test_builder_reads_ratings_only_when_asked_and_nulls_become_nan() -> None:
-    cfg = DLRMConfig.from_mapping(_tiny_mapping(objective="ordinal", ordinal_cuts=[2, 3, 5]))
+    cfg = typed(DLRMConfig, _tiny_mapping(objective="ordinal", ordinal_cuts=[2, 3, 5]), "model")
     rows = pa.table({"user_idx": [1, 2], "x": [0.5, 1.0], "label": [1, 0], "rating": [4.0, None]})
     with_ratings = CTRBatchBuilder(cfg, Path("<test>"), with_ratings=True)(rows)
     assert with_ratings.ratings is not None
@@ -141,6 +150,6 @@ def test_builder_reads_ratings_only_when_asked_and_nulls_become_nan() -> None:
 
 def test_ordinal_without_cuts_or_an_unknown_objective_is_refused() -> None:
     with pytest.raises(ConfigError, match="ordinal_cuts"):
-        DLRMConfig.from_mapping(_tiny_mapping(objective="ordinal"))
+        typed(DLRMConfig, _tiny_mapping(objective="ordinal"), "model")
     with pytest.raises(ConfigError, match=r"model\.objective='mse'"):
-        DLRMConfig.from_mapping(_tiny_mapping(objective="mse"))
+        typed(DLRMConfig, _tiny_mapping(objective="mse"), "model")

@@ -15,12 +15,13 @@ from tests.models.test_reclora_network import save_tiny_bert
 def test_bench_reports_ms_per_sample_and_ratio(tmp_path: Path) -> None:
     tiny = save_tiny_bert(tmp_path / "bert")
     overrides = [
-        f"bench.reclora.backbone_path={tiny}",
-        "bench.reclora.batch_size=4",
-        "bench.reclora.seq_length=16",
-        "bench.reclora.num_batches=2",
-        "bench.reclora.warmup_batches=1",
-        "bench.reclora.repeats=2",
+        "bench=reclora",
+        f"bench.backbone_path={tiny}",
+        "bench.batch_size=4",
+        "bench.seq_length=16",
+        "bench.num_batches=2",
+        "bench.warmup_batches=1",
+        "bench.repeats=2",
     ]
     result = run_reclora_bench(to_plain(compose(overrides)))
     engines = {t["engine"]: t for t in result["timings"]}

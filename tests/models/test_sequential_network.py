@@ -10,6 +10,7 @@ import torch
 from models.sequential.config import MolarConfig, SequentialConfig
 from models.sequential.data import LengthBucketSampler, append_newest, left_pad
 from models.sequential.network import MolarNet, SASRec, attention_mask, build_network, trim_left_padding
+from recsys.config import typed
 
 NUM_ITEMS = 12
 MAX_LEN = 8
@@ -48,7 +49,7 @@ def small_config(architecture: str = "sasrec", **overrides: object) -> Sequentia
             "temperature": 0.2,
         }
     values.update(overrides)
-    return SequentialConfig.from_mapping(values)
+    return typed(SequentialConfig, values, "model")
 
 
 def networks() -> list[SASRec | MolarNet]:
@@ -144,8 +145,15 @@ def test_length_buckets_cover_every_row_once_and_group_lengths() -> None:
 def test_config_rejects_unknown_keys_and_bad_heads() -> None:
     from recsys.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown keys"):
+    with pytest.raises(ConfigError, match=r"model\.hidden_size"):
         small_config(hidden_size=3)
+    with pytest.raises(ConfigError, match=r"model\.hidden_dim"):
+        small_config(hidden_dim="abc")
+    with pytest.raises(ConfigError, match=r"model\.molar\.temperture"):
+        small_config(
+            "molar",
+            molar={"modalities": ["text"], "projection_hidden": 8, "align_weight": 0.5, "temperture": 1},
+        )
     with pytest.raises(ConfigError, match="divisible"):
         small_config(num_heads=3)
     assert small_config("molar").molar == MolarConfig(("text",), 8, 0.5, 0.2)

@@ -1,5 +1,5 @@
-"""glibc malloc thresholds (``trainer.malloc``): the settings parse, and in a fresh process they stop most
-of a freed large buffer from being page-faulted in again on every reuse."""
+"""glibc malloc thresholds (``model.malloc`` of DLRM models): the settings parse, and in a fresh process they
+stop most of a freed large buffer from being page-faulted in again on every reuse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
+from models.dlrm.config import DLRMConfig
 from recsys.allocator import MallocSettings, apply_malloc_settings
+from recsys.config import compose, typed
 from recsys.errors import ConfigError
 
 GLIBC = platform.libc_ver()[0] == "glibc"
@@ -40,13 +42,17 @@ def _child(mode: str) -> dict[str, int]:
     return result
 
 
-def test_settings_come_from_trainer_config() -> None:
+def test_settings_come_from_the_dlrm_model_config() -> None:
     section = {"mmap_threshold_mib": 256, "trim_threshold_mib": 1024}
-    assert MallocSettings.from_config({"malloc": section}) == MallocSettings(256, 1024)
-    assert MallocSettings.from_config({"malloc": None}) is None
-    assert MallocSettings.from_config({}) is None
-    with pytest.raises(ConfigError, match=r"trainer\.malloc\.trim_threshold_mib=0"):
-        MallocSettings.from_config({"malloc": {"mmap_threshold_mib": 256, "trim_threshold_mib": 0}})
+    assert typed(MallocSettings, section, "model.malloc") == MallocSettings(256, 1024)
+    cfg = compose(["model=dlrm"])
+    assert typed(DLRMConfig, cfg["model"], "model").malloc == MallocSettings(256, 1024)
+    null = compose(["model=dlrm", "model.malloc=null"])
+    assert typed(DLRMConfig, null["model"], "model").malloc is None
+    with pytest.raises(ConfigError, match=r"model\.malloc\.trim_threshold_mib=0"):
+        typed(MallocSettings, {"mmap_threshold_mib": 256, "trim_threshold_mib": 0}, "model.malloc")
+    with pytest.raises(ConfigError, match=r"model\.malloc\.trim_threshold_mib"):
+        typed(DLRMConfig, compose(["model=dlrm", "model.malloc.trim_threshold_mib=big"])["model"], "model")
 
 
 def test_no_settings_change_nothing() -> None:

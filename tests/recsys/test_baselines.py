@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.baselines import EASE, ItemKNN, MostPop, PureSVD, build_baseline
+from recsys.config import compose, to_plain
 from recsys.errors import ConfigError
 
 X = sp.csr_matrix(
@@ -81,4 +82,25 @@ def test_puresvd_scores_are_inner_products_of_orthonormal_factors() -> None:
 
 def test_unknown_baseline_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a baseline"):
-        build_baseline("bpr", {}, 0)
+        build_baseline({"name": "bpr", "family": "baseline", "params": {}}, 0)
+
+
+def test_baselines_are_built_from_their_composed_model_configs() -> None:
+    built = {
+        name: build_baseline(to_plain(compose([f"model={name}"]))["model"], seed=3)
+        for name in ("mostpop", "itemknn", "ease", "puresvd")
+    }
+    assert built["mostpop"] == MostPop()
+    assert built["itemknn"] == ItemKNN(neighbors=100, shrink=10.0)
+    assert built["ease"] == EASE(l2=500.0, max_items=20000)
+    assert built["puresvd"] == PureSVD(dim=64, seed=3)
+
+
+def test_baseline_params_are_checked_with_the_key_named() -> None:
+    itemknn = {"name": "itemknn", "family": "baseline", "params": {"neighbors": 5, "shrink": 1.0}}
+    with pytest.raises(ConfigError, match=r"model\.params\.neighbours"):
+        build_baseline({**itemknn, "params": {"neighbours": 5, "shrink": 1.0}}, 0)
+    with pytest.raises(ConfigError, match=r"model\.params\.neighbors"):
+        build_baseline({**itemknn, "params": {"neighbors": "many", "shrink": 1.0}}, 0)
+    with pytest.raises(ConfigError, match=r"model\.params\.shrink"):
+        build_baseline({**itemknn, "params": {"neighbors": 5}}, 0)

@@ -1,4 +1,7 @@
-"""Every config file composes; mandatory values are enforced with a message naming the key."""
+"""Mandatory values are enforced with a message naming the key; the model variant swap; typed DLRM configs.
+
+That every config file composes and is checked against its schema: tests/recsys/test_config_schema.py.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import compose, conf_dir, to_plain
+from recsys.config import compose, conf_dir, to_plain, typed
 from recsys.errors import ConfigError
-
-GROUPS = ["data", "features", "spark", "model", "trainer", "index", "evaluation", "tracking"]
 
 
 def _choices(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-
-
-@pytest.mark.parametrize(("group", "choice"), [(g, c) for g in GROUPS for c in _choices(g)])
-def test_every_group_file_composes(group: str, choice: str, tmp_path: Path) -> None:
-    overrides = [f"{group}={choice}"]
-    if group == "data":
-        # Folder-based datasets need a path (and some a stem/category); give them one.
-        overrides += [f"++data.path={tmp_path}", "++data.stem=x", "++data.category=x"]
-    cfg = to_plain(compose(overrides))
-    assert cfg[group]
-    if group == "data":
-        assert cfg["data"]["format"]
-        assert cfg["data"]["name"] == choice
 
 
 def test_missing_path_is_reported_with_the_key() -> None:
@@ -45,7 +33,7 @@ def test_every_dlrm_model_file_builds_a_typed_config() -> None:
     for choice in _choices("model"):
         cfg = to_plain(compose([f"model={choice}"]))
         if cfg["model"]["family"] == "dlrm":
-            parsed = DLRMConfig.from_mapping(cfg["model"])
+            parsed = typed(DLRMConfig, cfg["model"], "model")
             assert parsed.sparse_features and parsed.dense_arch_layer_sizes[-1] == parsed.embedding_dim
 
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import sparse
 
-from recsys.config import compose, to_plain
+from recsys.config import compose, to_plain, typed
 from recsys.errors import ConfigError, InputError
 from recsys.manifest import read_manifest
 from recsys.retrieval.bench import (
@@ -146,12 +146,19 @@ def test_build_and_search_validate_inputs() -> None:
 
 
 def test_index_config_rejects_typos_and_bad_values() -> None:
-    with pytest.raises(ConfigError, match=r"conf/index/x.yaml: unknown key\(s\) \['nprobes'\]"):
-        IndexConfig.from_mapping({"name": "x", "factory": "Flat", "nprobes": 3}, source="conf/index/x.yaml")
-    with pytest.raises(ConfigError, match="metric 'l2' is not supported"):
-        IndexConfig.from_mapping({"name": "x", "factory": "Flat", "metric": "l2"})
+    with pytest.raises(ConfigError, match=r"config key index\.nprobes: Key 'nprobes' not in 'IndexConfig'"):
+        typed(IndexConfig, {"name": "x", "factory": "Flat", "nprobes": 3}, "index")
+    with pytest.raises(ConfigError, match=r"config key index\.nprobe: Value 'many'"):
+        typed(IndexConfig, {"name": "x", "factory": "IVF4,Flat", "nprobe": "many"}, "index")
+    with pytest.raises(ConfigError, match=r"index\.factory must be set"):
+        typed(IndexConfig, {"name": "x", "factory": ""}, "index")
+    with pytest.raises(ConfigError, match="metric: 'l2' is not supported"):
+        typed(IndexConfig, {"name": "x", "factory": "Flat", "metric": "l2"}, "index")
     with pytest.raises(ConfigError, match="nprobe must be a positive integer"):
-        IndexConfig.from_mapping({"name": "x", "factory": "IVF4,Flat", "nprobe": 0})
+        typed(IndexConfig, {"name": "x", "factory": "IVF4,Flat", "nprobe": 0}, "index")
+    with pytest.raises(ConfigError, match="use_gpu must be auto, true or false, got 'yes'"):
+        typed(IndexConfig, {"name": "x", "factory": "Flat", "use_gpu": "yes"}, "index")
+    assert typed(IndexConfig, {"name": "x", "factory": "Flat", "use_gpu": False}, "index").use_gpu is False
     with pytest.raises(ConfigError, match="nprobe applies only to IVF"):
         ItemIndex.build(
             _random(10, 4, seed=8), np.arange(10, dtype=np.int64), IndexConfig("x", "Flat", nprobe=2), ""
@@ -164,7 +171,7 @@ def test_every_conf_index_file_is_valid() -> None:
     assert all(c.metric == "inner_product" and c.use_gpu == "auto" for c in configs)
     for expected in configs:  # the composed `index` group gives the same typed config as the file
         composed = to_plain(compose([f"index={expected.name}"]))["index"]
-        assert IndexConfig.from_mapping(composed) == expected
+        assert typed(IndexConfig, composed, "index") == expected
 
 
 def _candidate_inputs() -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
@@ -257,11 +264,12 @@ def test_bench_runs_on_a_small_composed_config() -> None:
     cfg = to_plain(
         compose(
             [
-                "bench.retrieval.num_items=4000",
-                "bench.retrieval.dim=32",
-                "bench.retrieval.num_clusters=40",
-                "bench.retrieval.num_queries=100",
-                "bench.retrieval.k=10",
+                "bench=retrieval",
+                "bench.num_items=4000",
+                "bench.dim=32",
+                "bench.num_clusters=40",
+                "bench.num_queries=100",
+                "bench.k=10",
             ]
         )
     )
