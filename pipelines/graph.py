@@ -1,55 +1,84 @@
 """The stage graph: what a pipeline is made of, read from ``conf/pipeline/<name>.yaml``, and its order.
 
 A pipeline is a named list of stages plus the Hydra overrides every stage starts from. A stage names a
-*kind* (which entry point runs it, see :mod:`pipelines.kinds`), its own overrides (``model=ease``), the stages
-whose outputs it reads (``needs``) and the folders it writes under ``<root>/<date>/`` (``outputs``). The
-order is a topological sort of ``needs`` that keeps the declaration order among independent stages, so
-the same file always runs in the same order.
+*kind* (a stage of :data:`pipelines.stages.STAGES`, which also says what the stage publishes), its own
+overrides (``model=ease``) and the stages whose outputs it reads (``needs``). The order is a topological sort
+of ``needs`` that keeps the declaration order among independent stages, so the same file always runs in the
+same order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.config import typed
 from recsys.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """One node of the graph.
+@dataclass
+class StageConfig:
+    """``pipeline.stages.<name>``: one node of the graph as the yaml states it (not frozen: OmegaConf builds
+    the values of a ``dict[str, <frozen dataclass>]`` read-only and then cannot fill them in).
 
     Attributes:
-        name: unique within the pipeline; names the marker file and the report row.
-        kind: ``ingest``, ``features``, ``train``, ``evaluate`` or ``index`` (:data:`pipelines.kinds.KINDS`).
-        overrides: Hydra overrides on top of the pipeline's, e.g. ``("model=ease",)``.
+        kind: a stage kind (``ingest``, ``features``, ``evaluate``, ``train``, ``index``, ``rerank``).
+        overrides: Hydra overrides on top of the pipeline's, e.g. ``[model=ease]``.
         needs: stages that must have finished first; their markers are this stage's input fingerprint.
-        outputs: folders under ``<root>/<date>/`` the stage publishes; checked after it runs and before a
-            rerun skips it.
-        metric: the key metric shown in the summary (a key of the stage's metrics), or ``None``.
+        metric: the key metric shown in the summary (a key of the stage's metrics), or null.
     """
 
-    name: str
     kind: str
-    overrides: tuple[str, ...]
-    needs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    metric: str | None
+    overrides: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    metric: str | None = None
 
 
 @dataclass(frozen=True)
-class PipelineSpec:
-    """A parsed ``conf/pipeline/<name>.yaml``; ``stages`` are in run order.
+class ReportSettings:
+    """``pipeline.report``: which split, cut-off and metrics the report's model table shows."""
+
+    split: str
+    k: int
+    ranking_metrics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``conf/pipeline/<name>.yaml`` (group ``pipeline``).
 
     ``hash_exclude`` names top-level config sections no stage reads (``bench``), left out of the stage
     config hashes so that editing them does not make finished stages run again.
     """
 
     name: str
+    report: ReportSettings
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+    hash_exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One node of the graph with its name (the key under ``pipeline.stages``)."""
+
+    name: str
+    kind: str
+    overrides: tuple[str, ...]
+    needs: tuple[str, ...]
+    metric: str | None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A parsed pipeline; ``stages`` are in run order."""
+
+    name: str
     overrides: tuple[str, ...]
     stages: tuple[StageSpec, ...]
     hash_exclude: tuple[str, ...] = ()
+    report: ReportSettings | None = None
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:
@@ -60,52 +89,31 @@ class PipelineSpec:
         )
 
 
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ConfigError(f"{where} must be a list of strings, got {value!r}.")
-    return tuple(str(v) for v in value)
-
-
 def parse_pipeline(pipeline_cfg: Mapping[str, Any] | None) -> PipelineSpec:
     """Read the ``pipeline`` node of the composed config (``pipeline=<name>``).
 
     Raises:
-        ConfigError: no pipeline selected, a stage without kind, an unknown stage in ``needs``, a cycle.
+        ConfigError: no pipeline selected, no stages, an unknown or ill-typed key (named), an unknown stage
+            in ``needs``, a cycle.
     """
     if not pipeline_cfg:
         raise ConfigError(
             "no pipeline selected: pass pipeline=<name>, e.g. `recsys pipeline run pipeline=demo` "
             "(files in conf/pipeline/)."
         )
-    name = str(pipeline_cfg.get("name", "pipeline"))
-    stages_cfg = pipeline_cfg.get("stages")
-    if not isinstance(stages_cfg, Mapping) or not stages_cfg:
-        raise ConfigError(f"pipeline {name!r}: `stages` must be a non-empty mapping of stage name -> stage.")
-    stages = []
-    for stage_name, body in stages_cfg.items():
-        where = f"pipeline {name!r}, stage {stage_name!r}"
-        if not isinstance(body, Mapping) or not body.get("kind"):
-            raise ConfigError(
-                f"{where}: every stage needs a `kind` (ingest, features, train, evaluate, index)."
-            )
-        metric = body.get("metric")
-        stages.append(
-            StageSpec(
-                name=str(stage_name),
-                kind=str(body["kind"]),
-                overrides=_strings(body.get("overrides"), f"{where}: overrides"),
-                needs=_strings(body.get("needs"), f"{where}: needs"),
-                outputs=_strings(body.get("outputs"), f"{where}: outputs"),
-                metric=None if metric is None else str(metric),
-            )
-        )
+    config = typed(PipelineConfig, pipeline_cfg, "pipeline")
+    if not config.stages:
+        raise ConfigError(f"pipeline {config.name!r}: `stages` must be a non-empty mapping of name -> stage.")
+    stages = [
+        StageSpec(str(name), body.kind, body.overrides, body.needs, body.metric)
+        for name, body in config.stages.items()
+    ]
     return PipelineSpec(
-        name,
-        _strings(pipeline_cfg.get("overrides"), f"pipeline {name!r}: overrides"),
-        tuple(topological_order(name, stages)),
-        _strings(pipeline_cfg.get("hash_exclude"), f"pipeline {name!r}: hash_exclude"),
+        config.name,
+        config.overrides,
+        tuple(topological_order(config.name, stages)),
+        config.hash_exclude,
+        config.report,
     )
 
 

@@ -1,4 +1,5 @@
-"""End-of-run report: a terminal table, ``report.md`` + ``report.html`` with plots, one MLflow run.
+"""End-of-run report: a terminal table, ``report.md`` + ``report.html`` with plots, logged to the pipeline's
+MLflow run.
 
 The report is built from the success markers (every stage's key numbers) and the evaluate stages'
 published metric tables (for the plots), so a rerun that skipped every stage reports the same numbers as
@@ -9,24 +10,23 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.graph import ReportSettings
 from recsys.console import print_table
+from recsys.tracking.keys import metric_key, mlflow_key
 
 REPORT_DIR = "report"
 PLOTS_DIR = "plots"
 STATE_FILE = "report.json"
-# MLflow accepts at most 1000 metrics per batch call.
-_METRIC_BATCH = 500
 
 
 @dataclass
-class StageResult:
+class StageRow:
     """One row of the summary: what happened to a stage in this run."""
 
     name: str
@@ -50,33 +50,11 @@ class StageResult:
         return f"{self.metric} = {_number(self.metrics[self.metric])}"
 
 
-@dataclass(frozen=True)
-class ReportSettings:
-    """``pipeline.report``: which split, cut-off and metrics the model table shows."""
-
-    split: str
-    k: int
-    ranking_metrics: tuple[str, ...]
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> ReportSettings:
-        return cls(str(cfg["split"]), int(cfg["k"]), tuple(str(m) for m in cfg["ranking_metrics"]))
-
-
-_MLFLOW_KEY_INVALID = re.compile(r"[^A-Za-z0-9_\-. /:]")
-"""Characters MLflow refuses in metric names (e.g. the '+' of RecLoRA's ``personalized+retriever``)."""
-
-
-def mlflow_key(name: str) -> str:
-    """``name`` with every character MLflow rejects in a metric key replaced by ``_``."""
-    return _MLFLOW_KEY_INVALID.sub("_", name)
-
-
 def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
 
 
-def print_summary(pipeline: str, date: str, results: Sequence[StageResult], total_seconds: float) -> None:
+def print_summary(pipeline: str, date: str, results: Sequence[StageRow], total_seconds: float) -> None:
     rows = [(r.name, r.kind, r.status, f"{r.seconds:.1f}", r.key_metric(), r.reason) for r in results]
     print_table(
         f"pipeline {pipeline} @ {date}: {total_seconds:.1f}s",
@@ -85,11 +63,7 @@ def print_summary(pipeline: str, date: str, results: Sequence[StageResult], tota
     )
 
 
-def _model_rows(
-    results: Sequence[StageResult], settings: ReportSettings
-) -> tuple[list[str], list[list[str]]]:
-    from recsys.evaluation import metric_key
-
+def _model_rows(results: Sequence[StageRow], settings: ReportSettings) -> tuple[list[str], list[list[str]]]:
     keys = [metric_key(settings.split, m, settings.k) for m in settings.ranking_metrics]
     header = ["model", "stage", *[f"{m}@{settings.k}" for m in settings.ranking_metrics]]
     rows = []
@@ -100,7 +74,7 @@ def _model_rows(
     return header, rows
 
 
-def _other_rows(results: Sequence[StageResult]) -> list[list[str]]:
+def _other_rows(results: Sequence[StageRow]) -> list[list[str]]:
     rows = []
     for r in results:
         if r.kind != "evaluate":
@@ -110,9 +84,7 @@ def _other_rows(results: Sequence[StageResult]) -> list[list[str]]:
     return rows
 
 
-def _plots(
-    run_folder: Path, results: Sequence[StageResult], settings: ReportSettings, out: Path
-) -> list[Path]:
+def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettings, out: Path) -> list[Path]:
     """metric@K curves per evaluated model and popularity vs coverage across them (PNG)."""
     from recsys.tables import read_arrow
     from recsys.tracking.plots import metric_at_k_curves, popularity_vs_coverage
@@ -127,6 +99,8 @@ def _plots(
         if folder is None:
             continue
         table = read_arrow(folder).to_pandas()
+        if "split" not in table.columns:  # e.g. rerank's two orders of one split: not a model's curve
+            continue
         table = table[table["split"] == settings.split]
         tables[r.label] = table
         paths.append(metric_at_k_curves(table, f"{r.label} ({settings.split})", out / f"{r.name}_at_k.png"))
@@ -193,20 +167,19 @@ def write_report(
     run_folder: Path,
     pipeline: str,
     date: str,
-    results: Sequence[StageResult],
+    results: Sequence[StageRow],
     settings: ReportSettings,
     cfg: Mapping[str, Any],
     digest: str,
-) -> tuple[Path, str]:
-    """Publish ``report/`` (md, html, plots) and log it to a ``pipeline-<name>`` MLflow run.
+    pipeline_run_id: str,
+) -> Path:
+    """Publish ``report/`` (md, html, plots) and log it into the pipeline's MLflow run.
 
     Returns:
-        The report folder and the MLflow run id.
+        The report folder.
     """
-    import mlflow
-
     from recsys.manifest import publish_atomically
-    from recsys.tracking.runs import tracked_run
+    from recsys.tracking.runs import log_artifacts, log_metrics, resume_run
 
     title = f"Pipeline {pipeline} @ {date}"
     header, model_rows = _model_rows(results, settings)
@@ -220,9 +193,7 @@ def write_report(
     ]
     final = run_folder / REPORT_DIR
     with (
-        tracked_run(
-            cfg, run_name=f"pipeline-{pipeline}", tags={"stage": "pipeline", "pipeline": pipeline}
-        ) as run,
+        resume_run(cfg["tracking"], pipeline_run_id) as run,
         publish_atomically(final) as staging,
     ):
         plots = _plots(run_folder, results, settings, staging / PLOTS_DIR)
@@ -236,10 +207,8 @@ def write_report(
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        mlflow.set_tag("run_date", date)
-        metrics = sorted((mlflow_key(f"{r.name}/{k}"), v) for r in results for k, v in r.metrics.items())
-        for start in range(0, len(metrics), _METRIC_BATCH):
-            mlflow.log_metrics(dict(metrics[start : start + _METRIC_BATCH]))
-        mlflow.log_metric("pipeline/stages_ran", sum(r.status == "ran" for r in results))
-        mlflow.log_artifacts(str(staging), REPORT_DIR)
-    return final, run.info.run_id
+        metrics = {mlflow_key(f"{r.name}/{k}"): v for r in results for k, v in r.metrics.items()}
+        metrics["pipeline/stages_ran"] = float(sum(r.status == "ran" for r in results))
+        log_metrics(metrics)
+        log_artifacts(staging, REPORT_DIR)
+    return final

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.graph import PipelineSpec, StageSpec, downstream, parse_pipeline
-from pipelines.kinds import KINDS, check_entry_point
+from pipelines import stages as registry
+from pipelines.graph import PipelineSpec, ReportSettings, StageSpec, downstream, parse_pipeline
 from pipelines.markers import (
     Marker,
     changed_keys,
@@ -39,19 +39,18 @@ from pipelines.markers import (
     write_json_atomically,
     write_marker,
 )
-from pipelines.report import ReportSettings, StageResult, print_summary, report_is_current, write_report
+from pipelines.report import StageRow, print_summary, report_is_current, write_report
 from recsys.config import compose, to_plain
 from recsys.console import console
 from recsys.errors import ConfigError, InputError, RecsysError
 from recsys.manifest import config_hash
-from recsys.paths import run_dir
+from recsys.paths import RunPaths, run_dir
+from recsys.tracking.runs import end_pipeline_run, start_pipeline_run
 
 LOCK_FILE = ".lock"
 # Changed config keys named in the "why" column when a stage reruns.
 MAX_KEYS_SHOWN = 3
 RAN, SKIPPED, FAILED, NOT_RUN = "ran", "skipped", "failed", "not run"
-# Kinds whose stage is about one model (its name labels the report's tables and plots).
-MODEL_KINDS = ("evaluate", "train", "index")
 
 
 class StageError(RecsysError):
@@ -60,12 +59,14 @@ class StageError(RecsysError):
 
 @dataclass(frozen=True)
 class PlannedStage:
-    """A stage with its composed config; ``hashed`` is the part of it the config hash covers."""
+    """A stage with its composed config; ``hashed`` is the part of it the config hash covers; ``outputs`` the
+    folders (relative to the run folder) its kind publishes with this config."""
 
     spec: StageSpec
     cfg: dict[str, Any]
     hashed: dict[str, Any]
     config_hash: str
+    outputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class PipelineRun:
 
     name: str
     run_folder: Path
-    results: list[StageResult]
+    results: list[StageRow]
     seconds: float
     report_dir: Path | None
 
@@ -99,12 +100,12 @@ def _is_pipeline_override(override: str) -> bool:
     return key == "pipeline" or key.startswith("pipeline.")
 
 
-def _stage_hash(spec: StageSpec, hashed: Mapping[str, Any]) -> str:
-    return config_hash({"kind": spec.kind, "outputs": list(spec.outputs), "config": dict(hashed)})
+def _stage_hash(spec: StageSpec, outputs: Sequence[str], hashed: Mapping[str, Any]) -> str:
+    return config_hash({"kind": spec.kind, "outputs": list(outputs), "config": dict(hashed)})
 
 
 def plan(spec: PipelineSpec, user_overrides: Sequence[str]) -> tuple[dict[str, Any], list[PlannedStage]]:
-    """Compose the base config and every stage's config; check entry points before anything runs."""
+    """Compose the base config and every stage's config; check every kind exists before anything runs."""
     base = to_plain(compose(merge_overrides(spec.overrides, user_overrides)))
     planned = []
     for stage in spec.stages:
@@ -118,9 +119,15 @@ def plan(spec: PipelineSpec, user_overrides: Sequence[str]) -> tuple[dict[str, A
                     f"stage {stage.name!r} sets {section}.{key}={cfg[section][key]!r}, but every stage of a "
                     f"pipeline must write to the same run folder ({section}.{key}={base[section][key]!r})."
                 )
-        check_entry_point(stage.name, stage.kind, cfg)
+        try:
+            kind = registry.stage(stage.kind)
+            registry.check_family_stage(stage.kind, cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"stage {stage.name!r}: {exc}") from exc
+        paths = RunPaths.from_cfg(cfg)
+        outputs = tuple(paths.relative(p) for p in kind.publishes(paths, cfg))
         hashed = {k: v for k, v in cfg.items() if k not in spec.hash_exclude}
-        planned.append(PlannedStage(stage, cfg, hashed, _stage_hash(stage, hashed)))
+        planned.append(PlannedStage(stage, cfg, hashed, _stage_hash(stage, outputs, hashed), outputs))
     return base, planned
 
 
@@ -173,7 +180,9 @@ def stages_to_redo(spec: PipelineSpec, force: bool, from_stage: str | None) -> s
     return downstream(spec, from_stage) if from_stage is not None else set()
 
 
-def _run_stage(run_folder: Path, stage: PlannedStage, inputs: dict[str, str]) -> Marker:
+def _run_stage(
+    run_folder: Path, stage: PlannedStage, inputs: dict[str, str], pipeline_run_id: str | None
+) -> Marker:
     spec = stage.spec
     remove_marker(run_folder, spec.name)
     started_at = _now()
@@ -183,10 +192,12 @@ def _run_stage(run_folder: Path, stage: PlannedStage, inputs: dict[str, str]) ->
     )
     console.rule(f"[bold]stage {spec.name}[/bold] ({spec.kind})")
     start = time.perf_counter()
-    # A copy: an entry point that fills in a default must not change the config the marker records.
-    outcome = KINDS[spec.kind](spec.name, copy.deepcopy(stage.cfg))
+    # A copy: a stage that fills in a default must not change the config the marker records.
+    cfg = copy.deepcopy(stage.cfg)
+    with registry.scope(spec.kind, spec.name, pipeline_run_id):
+        outcome = registry.run_stage(spec.kind, cfg)
     seconds = time.perf_counter() - start
-    outputs = fingerprint_outputs(run_folder, spec.outputs)
+    outputs = fingerprint_outputs(run_folder, stage.outputs)
     missing = [k for k, v in outputs.items() if v is None]
     if missing:
         raise StageError(
@@ -237,30 +248,32 @@ def run_pipeline(
     redo = stages_to_redo(spec, force, from_stage)
     root, date = Path(base["paths"]["root"]).resolve(), str(base["run"]["date"])
     run_folder = run_dir(root, date)
-    report_cfg = cfg["pipeline"].get("report")
-    if not report_cfg:
+    settings = spec.report
+    if settings is None:
         raise ConfigError(f"pipeline {spec.name!r}: `report` (split, k, ranking_metrics) is missing.")
-    settings = ReportSettings.from_mapping(report_cfg)
     start = time.perf_counter()
-    results: list[StageResult] = []
+    results: list[StageRow] = []
     digests: dict[str, str] = {}
+    # The pipeline's MLflow run, created when the first stage runs: its stages' runs nest under it and the
+    # report is logged into it (a rerun that skips everything creates none).
+    pipeline_run: str | None = None
     with _run_lock(run_folder):
         for stale in remove_stale_staging(run_folder):
             console.print(f"removed staging folder of an interrupted run: {stale}", soft_wrap=True)
         failed: BaseException | None = None
         for stage in planned:
             spec_ = stage.spec
-            inputs = {n: digests[n] for n in spec_.needs}
-            marker = read_marker(run_folder, spec_.name)
             if failed is not None:
                 results.append(
-                    StageResult(spec_.name, spec_.kind, NOT_RUN, 0.0, "an earlier stage failed", None)
+                    StageRow(spec_.name, spec_.kind, NOT_RUN, 0.0, "an earlier stage failed", None)
                 )
                 continue
+            inputs = {n: digests[n] for n in spec_.needs}
+            marker = read_marker(run_folder, spec_.name)
             if spec_.name in redo:
                 reason: str | None = "--force" if force else f"--from {from_stage}"
             else:
-                reason = _why_rerun(marker, stage, inputs, fingerprint_outputs(run_folder, spec_.outputs))
+                reason = _why_rerun(marker, stage, inputs, fingerprint_outputs(run_folder, stage.outputs))
             if reason is None and marker is not None:
                 digests[spec_.name] = marker.digest()
                 results.append(_result(stage, SKIPPED, 0.0, "up to date", marker))
@@ -268,12 +281,14 @@ def run_pipeline(
             if started_path(run_folder, spec_.name).is_file():
                 reason = f"{reason}; resuming an interrupted run"
             stage_start = time.perf_counter()
+            if pipeline_run is None:
+                pipeline_run = start_pipeline_run(base, spec.name)
             try:
-                marker = _run_stage(run_folder, stage, inputs)
+                marker = _run_stage(run_folder, stage, inputs, pipeline_run)
             except BaseException as exc:
                 failed = exc
                 results.append(
-                    StageResult(
+                    StageRow(
                         spec_.name, spec_.kind, FAILED, time.perf_counter() - stage_start, str(reason), None
                     )
                 )
@@ -283,14 +298,20 @@ def run_pipeline(
         seconds = time.perf_counter() - start
         print_summary(spec.name, date, results, seconds)
         if failed is not None:
+            if pipeline_run is not None:
+                end_pipeline_run(base, pipeline_run, failed=True)
             raise failed
-        report_dir = _report(run_folder, spec.name, date, results, settings, base, digests)
+        report_dir, pipeline_run = _report(
+            run_folder, spec.name, date, results, settings, base, digests, pipeline_run
+        )
+        if pipeline_run is not None:
+            end_pipeline_run(base, pipeline_run, failed=False)
     console.print(f"pipeline {spec.name}: run folder {run_folder}", soft_wrap=True)
     return PipelineRun(spec.name, run_folder, results, time.perf_counter() - start, report_dir)
 
 
-def _result(stage: PlannedStage, status: str, seconds: float, reason: str, marker: Marker) -> StageResult:
-    return StageResult(
+def _result(stage: PlannedStage, status: str, seconds: float, reason: str, marker: Marker) -> StageRow:
+    return StageRow(
         stage.spec.name,
         stage.spec.kind,
         status,
@@ -299,8 +320,8 @@ def _result(stage: PlannedStage, status: str, seconds: float, reason: str, marke
         stage.spec.metric,
         dict(marker.metrics),
         marker.mlflow_run_id,
-        stage.spec.outputs,
-        str(stage.cfg["model"]["name"]) if stage.spec.kind in MODEL_KINDS else None,
+        stage.outputs,
+        str(stage.cfg["model"]["name"]) if stage.spec.kind in registry.MODEL_KINDS else None,
     )
 
 
@@ -308,18 +329,23 @@ def _report(
     run_folder: Path,
     name: str,
     date: str,
-    results: list[StageResult],
+    results: list[StageRow],
     settings: ReportSettings,
     base: Mapping[str, Any],
     digests: Mapping[str, str],
-) -> Path:
+    pipeline_run: str | None,
+) -> tuple[Path, str | None]:
+    """Write the report into the pipeline's run (created here when no stage ran but the report is stale)."""
     digest = hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(digests.items())).encode()).hexdigest()
     folder = run_folder / "report"
     if report_is_current(run_folder, digest):
         console.print(f"report unchanged (no stage ran): {folder / 'report.html'}", soft_wrap=True)
-        return folder
-    folder, run_id = write_report(run_folder, name, date, results, settings, base, digest)
+        return folder, pipeline_run
+    if pipeline_run is None:
+        pipeline_run = start_pipeline_run(base, name)
+    folder = write_report(run_folder, name, date, results, settings, base, digest, pipeline_run)
     console.print(
-        f"report: {folder / 'report.md'}, {folder / 'report.html'} (MLflow run {run_id})", soft_wrap=True
+        f"report: {folder / 'report.md'}, {folder / 'report.html'} (MLflow run {pipeline_run})",
+        soft_wrap=True,
     )
-    return folder
+    return folder, pipeline_run

@@ -1,9 +1,9 @@
-"""``recsys bench <name>``: benchmarks print a table and save JSON; speed is reported as a ratio against a
-reference engine measured in the same run, because absolute seconds on shared machines mean little."""
+"""What every ``recsys bench <name>`` shares: benchmarks print a table and save JSON; speed is reported as a
+ratio against a reference engine measured in the same run, because absolute seconds on shared machines mean
+little. Which benchmarks exist is the command line's business (``recsys.cli``)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from recsys.console import console, print_table
-from recsys.errors import ConfigError
 
 
 def machine_info() -> dict[str, Any]:
@@ -37,22 +36,8 @@ def save_results(out_dir: str | Path, name: str, results: Mapping[str, Any]) -> 
     return path
 
 
-# name -> ("module:function" returning the results dict, the reference engine the ratios are against).
-BENCHMARKS: dict[str, tuple[str, str]] = {
-    "features": ("features.bench:run_features_bench", "duckdb"),
-    "retrieval": ("recsys.retrieval.bench:run_retrieval_bench", "exact (Flat)"),
-    "dlrm": ("models.dlrm.bench:run_dlrm_bench", "plain TorchRec loop"),
-    "sequential": ("models.sequential.bench:run_sequential_bench", "plain PyTorch loop"),
-    "reclora": ("models.reclora.bench:run_reclora_bench", "shared LoRA"),
-}
-
-
-def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
-    if name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}.")
-    spec, reference = BENCHMARKS[name]
-    module_name, function_name = spec.split(":")
-    results: dict[str, Any] = getattr(importlib.import_module(module_name), function_name)(cfg)
+def report_bench(name: str, reference: str, results: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Print a benchmark's results as tables and save them as JSON under ``out_dir``; returns the file."""
     rows = [
         (
             r["engine"],
@@ -82,6 +67,6 @@ def run_bench(name: str, cfg: Mapping[str, Any]) -> Path:
             f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items()
         )
         console.print(f"outputs of both engines: {same}")
-    path = save_results(cfg["bench"][name]["out_dir"], name, results)
+    path = save_results(out_dir, name, results)
     console.print(f"results: {path}")
     return path

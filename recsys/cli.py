@@ -1,4 +1,7 @@
-"""The ``recsys`` command: parse, compose the config, call one function, print a summary.
+"""The ``recsys`` command: the application layer on top of every package (nothing in ``recsys/`` imports it).
+
+Each verb composes the config, runs stages through the stage registry (``pipelines.stages``) exactly as the
+pipeline runner does, and prints a summary. ``--cfg job`` prints the composed config instead of running.
 
 Every failure the user can fix (bad input, bad config, missing upstream output) is a
 :class:`~recsys.errors.RecsysError` and becomes one paragraph on stderr with exit code 2. Anything else is a
@@ -8,74 +11,126 @@ bug: exit code 1, with the traceback when ``RECSYS_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from recsys.bench import BENCHMARKS
-from recsys.config import compose, to_plain
-from recsys.console import console
-from recsys.errors import ConfigError, RecsysError
+from recsys.config import compose, conf_dir, to_plain
+from recsys.console import console, print_table
+from recsys.errors import RecsysError
+from recsys.paths import RunPaths
+from recsys.stage import StageResult
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
+# Verb -> the stage kinds it runs, in order (pipelines.stages.STAGES).
+STAGE_VERBS: dict[str, tuple[str, ...]] = {
+    "features": ("ingest", "features"),
+    "evaluate": ("evaluate",),
+    "train": ("train",),
+    "index": ("index",),
+    "rerank": ("rerank",),
+}
+VERB_HELP = {
+    "features": "ingest + validate data, build vocabularies/splits/features (Spark)",
+    "evaluate": "fit a baseline (mostpop, itemknn, ease, puresvd), full-ranking metrics, log to MLflow",
+    "train": "train a model (dlrm, dcn, sasrec, molar, reclora) with Lightning, log + register in MLflow",
+    "index": "FAISS index + candidates + register the retriever pyfunc (puresvd, sasrec, molar)",
+    "rerank": "two-stage: a trained ranker (dlrm, dcn) re-ranks a retriever's candidates",
+}
+VERB_EXAMPLES = {
+    "features": "data=movielens_100k run.date=1998-04-23",
+    "evaluate": "model=ease run.date=1998-04-23",
+    "train": "model=dlrm trainer=ddp_cpu run.date=1998-04-23",
+    "index": "model=puresvd index=hnsw run.date=1998-04-23",
+    "rerank": "model=dlrm evaluation.rerank_retriever=puresvd run.date=1998-04-23",
+}
+# Verbs that build the snapshot's features first when they are missing (a fresh root works in one command).
+BUILDS_FEATURES = ("evaluate", "train")
 
-def _features(cfg: DictConfig, _: argparse.Namespace) -> None:
-    from features import run as features_run
 
-    result = features_run.run(to_plain(cfg))
-    features_run.print_summary(result)
+@dataclass(frozen=True)
+class Benchmark:
+    """``recsys bench <name>``: the function returning its results and the engine its ratios compare with."""
 
-
-def _ensure_features(cfg: dict[str, Any]) -> None:
-    """Evaluation starts from the features stage; build it first when this snapshot has none yet."""
-    from recsys.offline import features_dir
-
-    if not (features_dir(cfg) / "split" / "manifest.json").is_file():
-        from features import run as features_run
-
-        features_run.print_summary(features_run.run(cfg))
+    run: Callable[[Mapping[str, Any]], dict[str, Any]]
+    reference: str
 
 
-def _evaluate(cfg: DictConfig, _: argparse.Namespace) -> None:
-    from recsys.jobs import run_evaluate
+def _bench_features(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from features.bench import run_features_bench
 
-    plain = to_plain(cfg)
-    _ensure_features(plain)
-    run_evaluate(plain)
+    return run_features_bench(cfg)
 
 
-# model.family -> "module:function" of its training entry point. Imported lazily: each family pulls in
-# heavy libraries (TorchRec, transformers) that other commands never need.
-TRAINERS: dict[str, str] = {
-    "dlrm": "models.dlrm.train:run_train",
-    "sequential": "models.sequential.train:run_train",
-    "reclora": "models.reclora.train:run_train",
+def _bench_retrieval(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from recsys.retrieval.bench import run_retrieval_bench
+
+    return run_retrieval_bench(cfg)
+
+
+def _bench_dlrm(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from models.dlrm.bench import run_dlrm_bench
+
+    return run_dlrm_bench(cfg)
+
+
+def _bench_sequential(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from models.sequential.bench import run_sequential_bench
+
+    return run_sequential_bench(cfg)
+
+
+def _bench_reclora(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from models.reclora.bench import run_reclora_bench
+
+    return run_reclora_bench(cfg)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "features": Benchmark(_bench_features, "duckdb"),
+    "retrieval": Benchmark(_bench_retrieval, "exact (Flat)"),
+    "dlrm": Benchmark(_bench_dlrm, "plain TorchRec loop"),
+    "sequential": Benchmark(_bench_sequential, "plain PyTorch loop"),
+    "reclora": Benchmark(_bench_reclora, "shared LoRA"),
 }
 
 
-def _entry_point(spec: str) -> Callable[..., Any]:
-    module_name, function_name = spec.split(":")
-    function: Callable[..., Any] = getattr(importlib.import_module(module_name), function_name)
-    return function
+def _features_published(cfg: Mapping[str, Any]) -> bool:
+    return (RunPaths.from_cfg(cfg).features / "split" / "manifest.json").is_file()
 
 
-def _train(cfg: DictConfig, _: argparse.Namespace) -> None:
-    plain = to_plain(cfg)
-    family = plain["model"].get("family")
-    if family not in TRAINERS:
-        raise ConfigError(
-            f"recsys train does not train model={plain['model']['name']} (family {family!r}); "
-            f"trainable families: {', '.join(sorted(TRAINERS))}."
-        )
-    _ensure_features(plain)
-    _entry_point(TRAINERS[family])(plain)
+def _run_verb(verb: str, cfg: Mapping[str, Any]) -> list[tuple[str, StageResult]]:
+    from pipelines import stages as registry
+
+    kinds = STAGE_VERBS[verb]
+    for kind in kinds:
+        registry.check_family_stage(kind, cfg)
+    if verb in BUILDS_FEATURES and not _features_published(cfg):
+        kinds = (*STAGE_VERBS["features"], *kinds)
+    done = []
+    for kind in kinds:
+        with registry.scope(kind, kind):
+            done.append((kind, registry.run_stage(kind, cfg)))
+    return done
+
+
+def _print_stages(done: Sequence[tuple[str, StageResult]]) -> None:
+    rows = [
+        (kind, result.mlflow_run_id or "", ", ".join(str(p) for p in result.outputs) or "(MLflow only)")
+        for kind, result in done
+    ]
+    print_table("stages", ["stage", "MLflow run", "published"], rows)
+
+
+def _stage_handler(cfg: DictConfig, args: argparse.Namespace) -> None:
+    _print_stages(_run_verb(str(args.command), to_plain(cfg)))
 
 
 def _pipeline(cfg: DictConfig, args: argparse.Namespace) -> None:
@@ -87,51 +142,74 @@ def _pipeline(cfg: DictConfig, args: argparse.Namespace) -> None:
     )
 
 
-def _index(cfg: DictConfig, _: argparse.Namespace) -> None:
-    from recsys.jobs import run_index
-
-    run_index(to_plain(cfg))
-
-
 def _bench(cfg: DictConfig, args: argparse.Namespace) -> None:
-    from recsys.bench import run_bench
+    from recsys.bench import report_bench
 
-    run_bench(str(args.name), to_plain(cfg))
+    plain = to_plain(cfg)
+    benchmark = BENCHMARKS[str(args.name)]
+    results = benchmark.run(plain)
+    report_bench(str(args.name), benchmark.reference, results, str(plain["bench"]["out_dir"]))
+
+
+def group_options() -> dict[str, list[str]]:
+    """Each config group of the ``conf/`` tree and its options (``conf/<group>/<option>.yaml``)."""
+    root = conf_dir()
+    return {
+        folder.name: sorted(p.stem for p in folder.glob("*.yaml"))
+        for folder in sorted(root.iterdir())
+        if folder.is_dir() and any(folder.glob("*.yaml"))
+    }
+
+
+def _groups_epilog() -> str:
+    lines = ["config groups (choose with group=option; change any key with key=value):"]
+    lines += [f"  {group:<11} {', '.join(options)}" for group, options in group_options().items()]
+    lines.append("`--cfg job` prints the composed config and exits; RECSYS_DEBUG=1 shows tracebacks.")
+    return "\n".join(lines)
+
+
+def _add_common(command: argparse.ArgumentParser, example: str) -> None:
+    command.add_argument("overrides", nargs="*", help=f"Hydra overrides, e.g. {example}")
+    command.add_argument(
+        "--cfg",
+        choices=["job"],
+        default=None,
+        help="print the composed config (Hydra's `--cfg job`) and exit without running",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
+    epilog = _groups_epilog()
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="recsys",
         description="Batch recommender pipelines. Settings are Hydra overrides: key=value (see conf/).",
+        epilog=epilog,
+        formatter_class=formatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    features = commands.add_parser(
-        "features", help="ingest + validate data, build vocabularies/splits/features"
+    for verb, help_text in VERB_HELP.items():
+        command = commands.add_parser(
+            verb, help=help_text, description=help_text, epilog=epilog, formatter_class=formatter
+        )
+        _add_common(command, VERB_EXAMPLES[verb])
+        command.set_defaults(handler=_stage_handler)
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark; prints a table and writes JSON",
+        epilog=epilog,
+        formatter_class=formatter,
     )
-    features.add_argument(
-        "overrides", nargs="*", help="Hydra overrides, e.g. data=movielens_100k paths.root=runs"
-    )
-    features.set_defaults(handler=_features)
-    evaluate = commands.add_parser("evaluate", help="fit a baseline, full-ranking metrics, log to MLflow")
-    evaluate.add_argument("overrides", nargs="*", help="e.g. model=ease data=movielens_100k")
-    evaluate.set_defaults(handler=_evaluate)
-    train = commands.add_parser(
-        "train", help="train a model (dlrm, sasrec, molar, reclora) with Lightning, log to MLflow"
-    )
-    train.add_argument("overrides", nargs="*", help="e.g. model=dlrm trainer=ddp_cpu")
-    train.set_defaults(handler=_train)
-    index = commands.add_parser("index", help="FAISS index + candidates + register the retriever pyfunc")
-    index.add_argument("overrides", nargs="*", help="e.g. model=puresvd index=hnsw")
-    index.set_defaults(handler=_index)
-    bench = commands.add_parser("bench", help="run a benchmark; prints a table and writes JSON")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
-    bench.add_argument("overrides", nargs="*")
+    _add_common(bench, "bench.repeats=3")
     bench.set_defaults(handler=_bench)
     pipeline = commands.add_parser(
         "pipeline", help="run the batch pipeline's stage graph (idempotent, resumable)"
     )
     pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
-    pipeline_run = pipeline_commands.add_parser("run", help="run every stage that is not already done")
+    pipeline_run = pipeline_commands.add_parser(
+        "run", help="run every stage that is not already done", epilog=epilog, formatter_class=formatter
+    )
     pipeline_run.add_argument("--force", action="store_true", help="redo every stage, even finished ones")
     pipeline_run.add_argument(
         "--from",
@@ -139,16 +217,30 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="redo this stage and every stage that reads its outputs",
     )
-    pipeline_run.add_argument("overrides", nargs="*", help="e.g. pipeline=daily run.date=2026-11-25")
+    _add_common(pipeline_run, "pipeline=daily run.date=2026-11-25")
     pipeline_run.set_defaults(handler=_pipeline)
     return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.command == "bench":
+        # Each benchmark's settings are the option of the `bench` group with its name.
+        overrides = [f"bench={args.name}", *overrides]
+    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler: Callable[[DictConfig, argparse.Namespace], None] = args.handler
     try:
-        cfg = compose(list(args.overrides))
+        from pipelines.stages import register_schemas
+
+        register_schemas()
+        cfg = compose(_overrides(args))
+        if args.cfg == "job":
+            sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))
+            return 0
         handler(cfg, args)
     except RecsysError as exc:
         console.print(f"[bold red]recsys {args.command} failed:[/bold red] {exc}", soft_wrap=True)

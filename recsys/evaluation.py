@@ -4,8 +4,8 @@ Shapes: U evaluated users, B users per batch, N item indices (the whole vocabula
 included), K list length. A model enters only as ``score_fn(user_batch [B]) -> scores [B, N]``.
 
 Metric tables are tidy pandas frames with columns ``metric, k, bucket, value``: one row per metric, cut-off
-(0 for metrics without one) and user bucket (``"all"`` for everyone). ``metric_key`` turns a row into the
-MLflow key ``{split}/{metric}_at_{k}[/bucket_{bucket}]``.
+(0 for metrics without one) and user bucket (``"all"`` for everyone). ``recsys.tracking.keys.metric_key``
+turns a row into its MLflow key.
 """
 
 from __future__ import annotations
@@ -27,20 +27,13 @@ from recsys.metrics.beyond_accuracy import (
 )
 from recsys.metrics.classification import auc, gauc, log_loss
 from recsys.metrics.ranking import PAD_ITEM, RANKING_METRICS, check_topk, per_user_ranking_metrics
-
-ALL_USERS = "all"
-"""Bucket name of the rows computed over every evaluated user."""
+from recsys.tracking.keys import ALL_USERS, NO_CUTOFF
 
 COLD_BUCKET = "0"
 """Bucket of users with no training interaction (only present when such users are evaluated)."""
 
 METRIC_COLUMNS = ("metric", "k", "bucket", "value")
 """Columns of every metric table, in order."""
-
-NO_CUTOFF = 0
-"""``k`` of metrics that have no cut-off (AUC, log loss)."""
-
-_MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_/.\- ]")
 
 
 def _mask_scores(
@@ -274,30 +267,3 @@ def evaluate_ctr(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> 
         ("logloss", NO_CUTOFF, ALL_USERS, log_loss(labels, scores)),
     ]
     return _metric_frame(rows)
-
-
-def metric_key(split: str, metric: str, k: int, bucket: str = ALL_USERS) -> str:
-    """MLflow key of one metric row: ``{split}/{metric}_at_{k}`` plus ``/bucket_{bucket}`` for a bucket.
-
-    ``k = 0`` (no cut-off) drops the ``_at_{k}`` part: ``test/auc``. MLflow only accepts
-    ``[A-Za-z0-9_/.\\- ]`` (it rejects ``@``), so a ``+`` becomes ``plus`` (``"21+"`` -> ``bucket_21plus``)
-    and any other character outside that set becomes ``_``.
-
-    Args:
-        split: evaluation split, e.g. ``"test"``.
-        metric: snake_case metric name, e.g. ``"ndcg"``.
-        k: cut-off, >= 0.
-        bucket: bucket name; ``"all"`` adds no suffix.
-
-    Returns:
-        The key, e.g. ``test/ndcg_at_10`` or ``test/ndcg_at_10/bucket_6-20``.
-
-    Raises:
-        ValueError: if split or metric is empty or k < 0.
-    """
-    if not split or not metric or k < 0:
-        raise ValueError(f"need a split, a metric and k >= 0, got {split!r}, {metric!r}, {k}")
-    key = f"{split}/{metric}" if k == NO_CUTOFF else f"{split}/{metric}_at_{k}"
-    if bucket != ALL_USERS:
-        key += f"/bucket_{bucket.replace('+', 'plus')}"
-    return _MLFLOW_UNSAFE.sub("_", key)

@@ -20,14 +20,16 @@ import scipy.sparse as sp
 
 from recsys.baselines import HistoryScorer, PureSVD, build_baseline
 from recsys.console import print_table, step
+from recsys.errors import InputError
 from recsys.evaluation import activity_buckets, evaluate_ranking, full_ranking_topk
 from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
-from recsys.paths import stage_dir
 from recsys.schema import FIRST_INDEX, ITEM_IDX, OOV_INDEX, PADDING_INDEX, SPLIT, USER_IDX
+from recsys.stage import PublishedVectors
 from recsys.tables import read_arrow
 
-FEATURES_STAGE = "features"
 EVALUATE_STAGE = "evaluate"
+ITEM_VECTORS = "item_vectors.npy"
+USER_VECTORS = "user_vectors.npy"
 RESERVED_ITEMS = np.array([PADDING_INDEX, OOV_INDEX], dtype=np.int64)
 
 
@@ -185,7 +187,7 @@ def write_evaluation(result: EvaluateResult, folder: Path, model_version: str, r
                 ),
             )
         if isinstance(result.scorer, PureSVD):
-            np.save(staging / "item_vectors.npy", result.scorer.item_vectors())
+            np.save(staging / ITEM_VECTORS, result.scorer.item_vectors())
         write_manifest(
             staging,
             Manifest(
@@ -209,7 +211,7 @@ def fit_and_evaluate(cfg: Mapping[str, Any], features: Path) -> EvaluateResult:
     model_cfg = cfg["model"]
     with step(f"load features from {features}"):
         data = load_interactions(features)
-    scorer = build_baseline(str(model_cfg["name"]), dict(model_cfg.get("params") or {}), int(cfg["seed"]))
+    scorer = build_baseline(model_cfg, int(cfg["seed"]))
     with step(f"fit {scorer.name} on {data.matrices['train'].nnz:,} train interactions"):
         scorer.fit(data.matrices["train"])
     result = EvaluateResult(scorer.name, data, scorer)
@@ -228,10 +230,27 @@ def print_metrics(result: EvaluateResult, ks_shown: tuple[int, ...] = (10, 20)) 
     print_table(f"{result.model}: full-ranking metrics", ["split", "metric", "value"], rows)
 
 
-def features_dir(cfg: Mapping[str, Any]) -> Path:
-    return stage_dir(Path(cfg["paths"]["root"]).resolve(), str(cfg["run"]["date"]), FEATURES_STAGE)
+def read_published_vectors(folder: Path) -> PublishedVectors:
+    """The vectors a retriever published with :func:`write_evaluation` (``user_vectors.npy`` when its
+    manifest names one), with the provenance its manifest records.
 
-
-def evaluate_dir(cfg: Mapping[str, Any]) -> Path:
-    root = Path(cfg["paths"]["root"]).resolve()
-    return stage_dir(root, str(cfg["run"]["date"]), EVALUATE_STAGE) / str(cfg["model"]["name"])
+    Raises:
+        ManifestError: the folder has no manifest (not published).
+        InputError: the model published no item vectors (it is not a vector model).
+    """
+    info = read_manifest(folder)
+    vectors = folder / ITEM_VECTORS
+    if not vectors.is_file():
+        raise InputError(
+            f"{folder}: model {info.extra.get('model')!r} has no item vectors to index (vector models: "
+            "puresvd, sasrec, molar); run `recsys evaluate model=puresvd` or `recsys train model=sasrec`."
+        )
+    users = info.extra.get("user_vectors")
+    return PublishedVectors(
+        folder=folder,
+        item_vectors=np.load(vectors),
+        user_vectors=None if users is None else np.load(folder / str(users)),
+        model_version=str(info.extra["model_version"]),
+        run_id=str(info.extra["run_id"]),
+        eval_set=str(info.extra["eval_set"]),
+    )

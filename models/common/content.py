@@ -32,8 +32,7 @@ from models.common.encoders import ContentEncoder, build_encoder
 from recsys.console import console
 from recsys.errors import InputError, ManifestError
 from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
-from recsys.offline import features_dir
-from recsys.paths import stage_dir
+from recsys.paths import RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_IDX
 from recsys.tables import read_arrow
 
@@ -83,12 +82,13 @@ def load_content_vectors(cfg: Mapping[str, Any], modality: str = "text") -> Cont
         ManifestError: the features stage has not been published.
         ConfigError: unknown modality.
     """
-    features = features_dir(cfg)
+    paths = RunPaths.from_cfg(cfg)
+    features = paths.features
     encoder = build_encoder(cfg["features"]["content_encoders"], modality)
     num_items = _num_items(features / ITEM_VOCAB_OUTPUT)
     content = _read_content(features / CONTENT_OUTPUT, encoder, num_items)
     fingerprint = _fingerprint(encoder, content, num_items)
-    folder = stage_dir(Path(cfg["paths"]["root"]).resolve(), str(cfg["run"]["date"]), STAGE) / encoder.slug
+    folder = paths.stage(STAGE) / encoder.slug
     cached = _load_cache(folder, fingerprint)
     if cached is not None:
         console.print(f"[green]✓[/green] {encoder.name} vectors loaded from cache {folder}")

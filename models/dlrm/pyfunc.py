@@ -3,7 +3,7 @@
 Shapes: B rows. The pyfunc holds an *unsharded* ``DLRMRanker`` on the CPU, rebuilt from three artifacts:
 
 - ``config``: the ``model`` section (JSON, the ``conf/model/dlrm*.yaml`` layout read by
-  ``DLRMConfig.from_mapping``);
+  ``mapping_to_config``);
 - ``counts``: the manifest counts that size the tables (JSON);
 - ``state_dict``: a plain ``torch.save`` of full tensors whose keys are those of ``DLRMRanker.state_dict()``.
 
@@ -25,14 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
@@ -44,7 +40,9 @@ from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.network import DLRMRanker, build_ranker
+from recsys.config import as_dict, typed
 from recsys.schema import LABEL
+from recsys.tracking.models import ModelInfo, PythonModel, load_from_artifacts, log_pyfunc
 
 SCORE = "score"
 ARTIFACT_CONFIG = "config"
@@ -56,45 +54,15 @@ PYFUNC_SOURCE = Path("<pyfunc input>")
 
 
 def config_to_mapping(cfg: DLRMConfig) -> dict[str, Any]:
-    """The ``conf/model/dlrm*.yaml`` layout of ``cfg``; ``DLRMConfig.from_mapping`` of it gives ``cfg``."""
-    return {
-        "name": cfg.name,
-        "interaction": cfg.interaction,
-        "embedding_dim": cfg.embedding_dim,
-        "dense_arch_layer_sizes": list(cfg.dense_arch_layer_sizes),
-        "over_arch_layer_sizes": list(cfg.over_arch_layer_sizes),
-        "tables": [
-            {
-                "name": t.name,
-                "features": list(t.features),
-                "size": t.size,
-                "pooling": t.pooling,
-                "max_rows": t.max_rows,
-            }
-            for t in cfg.tables
-        ],
-        "dense_features": {"log1p": list(cfg.log1p_features), "identity": list(cfg.identity_features)},
-        "optim": {
-            "dense_lr": cfg.optim.dense_lr,
-            "sparse_lr": cfg.optim.sparse_lr,
-            "eps": cfg.optim.eps,
-            "dense_weight_decay": cfg.optim.dense_weight_decay,
-        },
-        "sharding": {
-            "sharding_types": list(cfg.sharding.sharding_types),
-            "constraints": dict(cfg.sharding.constraints),
-            "hbm_cap_gib": cfg.sharding.hbm_cap_gib,
-        },
-        "batch_size": cfg.batch_size,
-        "epochs": cfg.epochs,
-        "early_stopping_patience": cfg.early_stopping_patience,
-        "dcn_num_layers": cfg.dcn_num_layers,
-        "dcn_low_rank_dim": cfg.dcn_low_rank_dim,
-        "shuffle_buffer_rows": cfg.shuffle_buffer_rows,
-        "objective": cfg.objective,
-        "ordinal_cuts": list(cfg.ordinal_cuts),
-        "factorization_head": None if cfg.factorization_head is None else cfg.factorization_head.to_mapping(),
-    }
+    """The ``conf/model/dlrm*.yaml`` layout of ``cfg`` (plain containers, for json);
+    :func:`mapping_to_config` of it gives ``cfg``."""
+    return as_dict(cfg)
+
+
+def mapping_to_config(mapping: Mapping[str, Any]) -> DLRMConfig:
+    """The typed config of a saved ``config`` artifact. Configs saved before the model group had a schema
+    lack ``family`` (and the training-only keys, which have defaults); it is always ``dlrm`` here."""
+    return typed(DLRMConfig, {"family": MODEL_NAME, **mapping}, "model")
 
 
 def _full_tensor(name: str, value: torch.Tensor) -> torch.Tensor:
@@ -240,7 +208,7 @@ class DLRMScorer(PythonModel):
             str(k): int(v)
             for k, v in json.loads(Path(context.artifacts[ARTIFACT_COUNTS]).read_text()).items()
         }
-        self.config = DLRMConfig.from_mapping(config)
+        self.config = mapping_to_config(config)
         state = torch.load(context.artifacts[ARTIFACT_STATE], map_location="cpu", weights_only=True)
         self.scorer = CPUScorer.from_state(self.config, self.counts, state)
         self.builder = CTRBatchBuilder(self.config, PYFUNC_SOURCE)
@@ -305,15 +273,15 @@ def log_dlrm(
     """
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = save_artifacts(weights, cfg, counts, Path(tmp))
-        # A loaded copy predicts the example; a fresh one is pickled (weights travel only as artifacts).
-        loaded = DLRMScorer()
-        loaded.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
-        signature = infer_signature(example_rows, loaded.predict(None, example_rows))
-        info: ModelInfo = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=DLRMScorer(),
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example_rows,
-        )
-    return info
+        return log_pyfunc(MODEL_NAME, DLRMScorer, artifacts, example_rows)
+
+
+def load_published_ranker(folder: Path) -> CPUScorer:
+    """The whole ranker ``recsys train`` published under ``train/<model>`` (the pyfunc's artifacts)."""
+    from recsys.manifest import read_manifest
+
+    files = read_manifest(folder).extra["artifacts"]
+    artifacts = {name: str(folder / file) for name, file in files.items()}
+    scorer = load_from_artifacts(DLRMScorer(), artifacts)
+    assert isinstance(scorer, DLRMScorer)
+    return scorer.scorer

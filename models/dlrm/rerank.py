@@ -20,6 +20,10 @@ Protocol, per test user (a user with at least one test item):
 3. Re-ranking. The ranker's probabilities re-order each list (stable: equal scores keep retrieval order).
 
 Both orders are scored with ``recsys.evaluation.evaluate_ranking`` against the user's test items.
+
+:func:`rerank_stage` is the ``rerank`` stage: it reads the ranker ``recsys train`` published under
+``train/<model>``, logs the two-stage metrics to its own MLflow run and publishes both orders' metric tables
+under ``rerank/<model>-<retriever>``.
 """
 
 from __future__ import annotations
@@ -39,14 +43,17 @@ import torch
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
-from recsys.evaluation import ALL_USERS, evaluate_ranking, full_ranking_topk
-from recsys.offline import EVALUATE_STAGE, RESERVED_ITEMS, features_dir, load_interactions
-from recsys.paths import stage_dir
+from recsys.console import print_table, step
+from recsys.evaluation import evaluate_ranking, full_ranking_topk
+from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
+from recsys.offline import ITEM_VECTORS, RESERVED_ITEMS, load_interactions
+from recsys.paths import RERANK, RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_ID, ITEM_IDX, LABEL, RATING, SPLIT, TIMESTAMP, USER_IDX
+from recsys.stage import StageResult
 from recsys.tables import read_arrow
+from recsys.tracking.keys import ALL_USERS
 
-RETRIEVER = "puresvd"
-ITEM_VECTORS = "item_vectors.npy"
+METRICS_OUTPUT = "metrics"
 TEST_SPLIT = "test"
 HISTORY_SPLITS = ("train", "valid")
 RECENT_ITEMS = "recent_item_idx"
@@ -276,9 +283,7 @@ def headline(metrics: pd.DataFrame, metric: str, k: int) -> float:
     return float(row["value"].iloc[0])
 
 
-def two_stage_evaluation(
-    cfg: Mapping[str, Any], module: Ranker, retriever: str = RETRIEVER
-) -> TwoStageResult:
+def two_stage_evaluation(cfg: Mapping[str, Any], module: Ranker, retriever: str) -> TwoStageResult:
     """Retrieval top-K_candidates, then DLRM re-ranking, both evaluated on the test split.
 
     Args:
@@ -292,9 +297,9 @@ def two_stage_evaluation(
     Raises:
         FileNotFoundError: the retriever has no item vectors (run ``recsys evaluate model=puresvd``).
     """
-    root, date = Path(cfg["paths"]["root"]).resolve(), str(cfg["run"]["date"])
-    features = features_dir(cfg)
-    vectors_path = stage_dir(root, date, EVALUATE_STAGE) / retriever / ITEM_VECTORS
+    paths = RunPaths.from_cfg(cfg)
+    features = paths.features
+    vectors_path = paths.evaluate(retriever) / ITEM_VECTORS
     if not vectors_path.is_file():
         raise FileNotFoundError(f"{vectors_path}: no item vectors; run `recsys evaluate model={retriever}`.")
     vectors = np.load(vectors_path).astype(np.float32)
@@ -347,3 +352,69 @@ def two_stage_evaluation(
         reranked_ndcg_at_10=headline(reranked_metrics, NDCG, cut),
         candidate_recall=headline(retrieval_metrics, RECALL, k),
     )
+
+
+def two_stage_metrics(result: TwoStageResult) -> dict[str, float]:
+    """The stage's key numbers (MLflow keys)."""
+    return {
+        "two_stage/retrieval_ndcg_at_10": result.retrieval_ndcg_at_10,
+        "two_stage/reranked_ndcg_at_10": result.reranked_ndcg_at_10,
+        "two_stage/candidate_recall": result.candidate_recall,
+    }
+
+
+def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
+    """The ``rerank`` stage: the published ranker re-orders ``evaluation.rerank_retriever``'s candidates.
+
+    Logs the two-stage metrics to its own MLflow run and publishes both orders' metric tables (column
+    ``order``: ``retrieval`` / ``reranked``) under ``rerank/<model>-<retriever>``.
+    """
+    from models.dlrm.pyfunc import load_published_ranker
+    from recsys.tracking.runs import log_metrics, tracked_run
+
+    paths = RunPaths.from_cfg(cfg)
+    model, retriever = str(cfg["model"]["name"]), str(cfg["evaluation"]["rerank_retriever"])
+    ranker_folder = paths.train(model)
+    ranker = load_published_ranker(ranker_folder)
+    ranker_run = str(read_manifest(ranker_folder).extra.get("run_id", ""))
+    tags = {"model": model, "stage": RERANK, "retriever": retriever, "ranker_run_id": ranker_run}
+    with tracked_run(cfg, run_name=f"{RERANK}-{model}-{retriever}", tags=tags) as run:
+        with step(f"re-rank {retriever}'s top {cfg['evaluation']['candidates_k']} candidates with {model}"):
+            result = two_stage_evaluation(cfg, ranker, retriever)
+        metrics = two_stage_metrics(result)
+        log_metrics(metrics)
+        out = _publish(paths.rerank(model, retriever), result, model, retriever, run.info.run_id)
+    print_table(
+        f"{model}: re-ranked {retriever} candidates (test)",
+        ["metric", "value"],
+        [(k, f"{v:.4f}") for k, v in metrics.items()],
+    )
+    return StageResult(metrics, run.info.run_id, (out,))
+
+
+def _publish(folder: Path, result: TwoStageResult, model: str, retriever: str, run_id: str) -> Path:
+    import pyarrow.parquet as pq
+
+    table = pd.concat(
+        [
+            result.retrieval_metrics.assign(order="retrieval"),
+            result.reranked_metrics.assign(order="reranked"),
+        ],
+        ignore_index=True,
+    )
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    with publish_atomically(folder) as staging:
+        (staging / METRICS_OUTPUT).mkdir()
+        pq.write_table(arrow, staging / METRICS_OUTPUT / "part-0.parquet")
+        schema = [{"name": f.name, "type": str(f.type)} for f in arrow.schema]
+        extra = {"model": model, "retriever": retriever, "run_id": run_id, **two_stage_metrics(result)}
+        write_manifest(
+            staging / METRICS_OUTPUT,
+            Manifest(
+                METRICS_OUTPUT, arrow.num_rows, schema, {"users": len(result.users)}, "", "", extra=extra
+            ),
+        )
+        write_manifest(
+            staging, Manifest(RERANK, arrow.num_rows, [], {"users": len(result.users)}, "", "", extra=extra)
+        )
+    return folder

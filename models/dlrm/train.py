@@ -1,5 +1,6 @@
-"""``recsys train model=dlrm``: Lightning fits the sharded DLRM on the features stage's CTR samples,
-tests it, and logs curves and AUC / GAUC / LogLoss into one MLflow run."""
+"""``recsys train model=dlrm``: Lightning fits the sharded DLRM on the features stage's CTR samples, tests
+it, logs curves and AUC / GAUC / LogLoss into one MLflow run, registers the scoring pyfunc and publishes the
+whole ranker (full-tensor weights, config, table sizes) under ``train/<model>`` for the ``rerank`` stage."""
 
 from __future__ import annotations
 
@@ -12,29 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import mlflow
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
+from models.common.trainer import build_trainer
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
 from models.dlrm.module import DLRMLitModule
-from models.dlrm.pyfunc import CPUScorer, full_state_from_checkpoint, log_dlrm
-from models.dlrm.rerank import Ranker, two_stage_evaluation
+from models.dlrm.pyfunc import full_state_from_checkpoint, log_dlrm, save_artifacts
+from models.dlrm.rerank import rerank_stage
 from models.dlrm.strategy import TorchRecStrategy
-from recsys.allocator import MallocSettings, apply_malloc_settings
-from recsys.console import console, print_table
-from recsys.manifest import read_manifest
-from recsys.paths import stage_dir
+from recsys.allocator import apply_malloc_settings
+from recsys.config import typed
+from recsys.console import print_table
+from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
+from recsys.paths import TRAIN, RunPaths
+from recsys.settings import TrainerConfig
+from recsys.stage import ModelFamily, StageResult
 from recsys.tables import read_arrow
 from recsys.tracking.registry import Registration, register_and_gate
-from recsys.tracking.runs import tracked_run
+from recsys.tracking.runs import lightning_logger, log_metrics, tracked_run
 
 CTR_OUTPUT = "ctr"
 PROMOTION_METRIC = "test/auc"
 MONITOR = "val/auc"
 """Validation metric that picks the best epoch (restored before testing) and drives early stopping."""
-RETRIEVER = "puresvd"
 # Rows of the CTR output stored as the pyfunc's input example.
 EXAMPLE_ROWS = 5
 FINAL_CHECKPOINT = "final"
@@ -57,20 +59,32 @@ class TrainResult:
     test_metrics: dict[str, float]
     trainer: pl.Trainer
     module: DLRMLitModule
+    # The published ranker (rank 0 only; None on the other ranks of a multi-process run).
+    published: Path | None = None
+
+
+def train_stage(cfg: Mapping[str, Any]) -> StageResult:
+    """The family's ``train`` stage (every rank of a multi-process run calls it; rank 0's result counts)."""
+    result = run_train(cfg)
+    metrics = dict(result.test_metrics)
+    # Proof of the process count the trainer really ran with (not just what was asked for).
+    metrics["train.world_size"] = float(result.trainer.world_size)
+    outputs = () if result.published is None else (result.published,)
+    return StageResult(metrics, result.run_id or None, outputs)
 
 
 def run_train(cfg: Mapping[str, Any]) -> TrainResult:
-    root = Path(cfg["paths"]["root"]).resolve()
-    folder = stage_dir(root, str(cfg["run"]["date"]), "features") / CTR_OUTPUT
-    model_cfg = DLRMConfig.from_mapping(cfg["model"])
+    paths = RunPaths.from_cfg(cfg)
+    folder = paths.features / CTR_OUTPUT
+    model_cfg = typed(DLRMConfig, cfg["model"], "model")
     # Every rank runs this (Lightning's own launcher reruns the command per rank), before any big tensor.
-    apply_malloc_settings(MallocSettings.from_config(cfg["trainer"]))
+    apply_malloc_settings(model_cfg.malloc)
     pl.seed_everything(int(cfg["seed"]), workers=True)
     datamodule = CTRDataModule(
         folder, model_cfg, seed=int(cfg["seed"]), shuffle_buffer_rows=model_cfg.shuffle_buffer_rows
     )
     module = DLRMLitModule(model_cfg, datamodule.counts)
-    trainer_cfg = cfg["trainer"]
+    trainer_cfg = typed(TrainerConfig, cfg["trainer"], "trainer")
     # One MLflow run per training: only the first process opens it (the others log nothing anyway).
     tracking = (
         tracked_run(cfg, run_name=f"train-{model_cfg.name}", tags={"model": model_cfg.name, "stage": "train"})
@@ -79,36 +93,22 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     )
     with tracking as run:
         run_id = run.info.run_id if run is not None else ""
-        logger: MLFlowLogger | bool = (
-            MLFlowLogger(
-                experiment_name=str(cfg["tracking"]["experiment"]),
-                tracking_uri=str(cfg["tracking"]["tracking_uri"]),
-                run_id=run_id,
-            )
-            if run is not None
-            else False
-        )
-        checkpoints = checkpoint_dir(cfg, model_cfg)
+        logger = lightning_logger(cfg, run_id) if run is not None else False
+        checkpoints = checkpoint_dir(paths, model_cfg)
         best = ModelCheckpoint(dirpath=checkpoints, monitor=MONITOR, mode="max", save_top_k=1)
         callbacks: list[pl.Callback] = [ReshuffleEachEpoch(datamodule), best]
         if model_cfg.early_stopping_patience is not None:
             callbacks.append(
                 EarlyStopping(monitor=MONITOR, mode="max", patience=model_cfg.early_stopping_patience)
             )
-        trainer = pl.Trainer(
-            accelerator=str(trainer_cfg["accelerator"]),
-            devices=int(trainer_cfg["devices"]),
+        trainer = build_trainer(
+            trainer_cfg,
             strategy=TorchRecStrategy(
-                sigterm_broadcast_every_n_steps=int(trainer_cfg["sigterm_broadcast_every_n_steps"])
+                sigterm_broadcast_every_n_steps=model_cfg.sigterm_broadcast_every_n_steps
             ),
             max_epochs=model_cfg.epochs,
             logger=logger,
             callbacks=callbacks,
-            check_val_every_n_epoch=int(trainer_cfg["check_val_every_n_epoch"]),
-            limit_train_batches=trainer_cfg["limit_train_batches"],
-            limit_val_batches=trainer_cfg["limit_val_batches"],
-            limit_test_batches=trainer_cfg["limit_test_batches"],
-            log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
             enable_model_summary=False,
         )
         trainer.fit(module, datamodule=datamodule)
@@ -118,8 +118,8 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         metrics = {str(k): float(v) for k, v in test.items()}
         if best.best_model_score is not None:
             metrics["best/val_auc"] = float(best.best_model_score)
-            if isinstance(logger, MLFlowLogger):
-                logger.log_metrics({"best/val_auc": metrics["best/val_auc"]})
+            if run is not None:
+                log_metrics({"best/val_auc": metrics["best/val_auc"]})
         rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
         weights: DLRMLitModule | dict[str, Any] | None = module
         if trainer.world_size > 1:
@@ -128,15 +128,15 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
                 best_path = str(checkpoints / FINAL_CHECKPOINT)
                 trainer.save_checkpoint(best_path)  # collective
             weights = full_state_from_checkpoint(best_path) if trainer.is_global_zero else None
+        published: Path | None = None
         if weights is not None:
             registration = _register(cfg, weights, model_cfg, datamodule, folder, run_id)
             rows.append(("registered", f"{registration.name} v{registration.version}"))
             rows.append(("champion?", f"{registration.decision.promote} ({registration.decision.reason})"))
-            two_stage = _two_stage(cfg, weights, model_cfg, datamodule.counts)
-            metrics.update(two_stage)
-            rows += [(k, f"{v:.4f}") for k, v in two_stage.items()]
+            published = _publish(paths, weights, model_cfg, datamodule.counts, folder, run_id, metrics)
+            rows.append(("published", str(published)))
     print_table(f"{model_cfg.name}: test", ["metric", "value"], rows)
-    return TrainResult(run_id, metrics, trainer, module)
+    return TrainResult(run_id, metrics, trainer, module, published)
 
 
 def launch_rank() -> int:
@@ -145,11 +145,10 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def checkpoint_dir(cfg: Mapping[str, Any], model_cfg: DLRMConfig) -> Path:
-    """``<root>/<date>/train/<model>/checkpoints``, emptied first: a stale best epoch from an earlier run on
+def checkpoint_dir(paths: RunPaths, model_cfg: DLRMConfig) -> Path:
+    """The training's scratch ``checkpoints`` folder, emptied first: a stale best epoch from an earlier run on
     this snapshot must never be restored into this one. Every rank computes the same folder."""
-    root = Path(cfg["paths"]["root"]).resolve()
-    folder = stage_dir(root, str(cfg["run"]["date"]), "train") / model_cfg.name / "checkpoints"
+    folder = paths.work(TRAIN, model_cfg.name) / "checkpoints"
     if launch_rank() == 0:
         shutil.rmtree(folder, ignore_errors=True)
     return folder
@@ -173,32 +172,42 @@ def _register(
     return register_and_gate(info.model_uri, name, run_id, PROMOTION_METRIC, eval_set)
 
 
-def _two_stage(
-    cfg: Mapping[str, Any],
+def _publish(
+    paths: RunPaths,
     weights: DLRMLitModule | Mapping[str, Any],
     model_cfg: DLRMConfig,
     counts: Mapping[str, int],
-) -> dict[str, float]:
-    """Retriever candidates re-ranked by the DLRM, when this snapshot has an evaluated retriever.
-
-    ``weights``: the trained module, or (after a multi-process run, on rank 0) the full-tensor state, from
-    which a whole CPU ranker is built only once the retriever is known to be there.
-    """
-    root = Path(cfg["paths"]["root"]).resolve()
-    vectors = stage_dir(root, str(cfg["run"]["date"]), "evaluate") / RETRIEVER / "item_vectors.npy"
-    if not vectors.is_file():
-        console.print(
-            f"two-stage evaluation skipped: no {vectors} (run `recsys evaluate model={RETRIEVER}`)."
+    ctr: Path,
+    run_id: str,
+    metrics: Mapping[str, float],
+) -> Path:
+    """``train/<model>/``: the whole ranker as the pyfunc's artifacts (config, table sizes, full-tensor
+    weights), what the ``rerank`` stage scores candidates with."""
+    out = paths.train(model_cfg.name)
+    manifest = read_manifest(ctr)
+    with publish_atomically(out) as staging:
+        files = save_artifacts(weights, model_cfg, counts, staging)
+        write_manifest(
+            staging,
+            Manifest(
+                TRAIN,
+                0,
+                [],
+                dict(counts),
+                config_hash=manifest.config_hash,
+                source_fingerprint=manifest.source_fingerprint,
+                format="model",
+                extra={
+                    "model": model_cfg.name,
+                    "family": "dlrm",
+                    "run_id": run_id,
+                    "artifacts": {k: Path(v).name for k, v in files.items()},
+                    "metrics": dict(metrics),
+                },
+            ),
         )
-        return {}
-    ranker: Ranker = (
-        weights if isinstance(weights, DLRMLitModule) else CPUScorer.from_state(model_cfg, counts, weights)
-    )
-    result = two_stage_evaluation(cfg, ranker, retriever=RETRIEVER)
-    out = {
-        "two_stage/retrieval_ndcg_at_10": result.retrieval_ndcg_at_10,
-        "two_stage/reranked_ndcg_at_10": result.reranked_ndcg_at_10,
-        "two_stage/candidate_recall": result.candidate_recall,
-    }
-    mlflow.log_metrics(out)
     return out
+
+
+FAMILY = ModelFamily("dlrm", train=train_stage, rerank=rerank_stage)
+"""The DLRM family's stages: ``train`` and ``rerank`` (two-stage metrics over a retriever's candidates)."""

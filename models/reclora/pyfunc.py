@@ -22,20 +22,15 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from models.reclora.adapters import load_bank, save_bank
 from models.reclora.config import BackboneConfig, LoRAConfig, MixerConfig, PromptConfig, RecLoRAConfig
@@ -45,8 +40,10 @@ from models.reclora.history import EventLog
 from models.reclora.network import RecLoRAModel, answer_token_ids, load_backbone
 from models.reclora.prompts import ItemTexts, UserProfiles
 from models.reclora.samples import HISTORY_TABLE, USER_TABLE, PromptBuilder
+from recsys.config import as_dict, typed
 from recsys.errors import InputError
 from recsys.schema import ITEM_ID, OOV_INDEX, USER_ID
+from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
 
 ARTIFACT = "reclora"
 MODEL_NAME = "reclora"
@@ -90,10 +87,10 @@ def save_reclora_artifacts(
             shutil.copy2(backbone_folder / name, folder / "backbone" / name)
     save_bank(model, rcfg.lora, folder / "adapters", {"kind": rcfg.backbone.kind})
     settings = {
-        "backbone": asdict(rcfg.backbone),
-        "prompt": asdict(rcfg.prompt),
-        "lora": asdict(rcfg.lora),
-        "mixer": asdict(rcfg.mixer),
+        "backbone": as_dict(rcfg.backbone),
+        "prompt": as_dict(rcfg.prompt),
+        "lora": as_dict(rcfg.lora),
+        "mixer": as_dict(rcfg.mixer),
         "retriever": retriever,
         "retriever_pool": rcfg.retriever_pool,
         "long_history": rcfg.long_history,
@@ -138,18 +135,10 @@ class RecLoRAScorer(PythonModel):
     def load_context(self, context: Any) -> None:
         folder = Path(context.artifacts[ARTIFACT])
         s = json.loads((folder / "settings.json").read_text())
-        backbone_cfg = BackboneConfig(**{**s["backbone"], "path": str(folder / "backbone")})
-        self.prompt = PromptConfig(
-            **{**s["prompt"], "user_attributes": tuple(s["prompt"]["user_attributes"])}
-        )
-        layers = s["lora"].get("layers")
-        lora = LoRAConfig(
-            **{
-                **s["lora"],
-                "targets": tuple(s["lora"]["targets"]),
-                "layers": None if layers is None else tuple(layers),
-            }
-        )
+        saved_backbone = {**s["backbone"], "path": str(folder / "backbone")}
+        backbone_cfg = typed(BackboneConfig, saved_backbone, "settings.backbone")
+        self.prompt = typed(PromptConfig, s["prompt"], "settings.prompt")
+        lora = typed(LoRAConfig, s["lora"], "settings.lora")
         backbone, tokenizer = load_backbone(backbone_cfg, folder / "backbone")
         answers = answer_token_ids(tokenizer, backbone_cfg) if backbone_cfg.kind == "causal" else None
         self.model = RecLoRAModel(
@@ -160,7 +149,7 @@ class RecLoRAScorer(PythonModel):
             pooling=backbone_cfg.pooling,
             answer_ids=answers,
             user_dim=int(s["user_dim"]),
-            mixer=MixerConfig(**s["mixer"]),
+            mixer=typed(MixerConfig, s["mixer"], "settings.mixer"),
         )
         load_bank(self.model, folder / "adapters")
         self.model.eval()
@@ -253,18 +242,9 @@ def log_reclora(
         save_reclora_artifacts(
             folder, model, rcfg, conventional, builder, backbone_folder, retriever, item_ids, user_ids
         )
-        loaded = RecLoRAScorer()
-        loaded.load_context(PythonModelContext(artifacts={ARTIFACT: str(folder)}, model_config={}))  # type: ignore[no-untyped-call]
-        signature = infer_signature(example, loaded.predict(None, example))
-        info: ModelInfo = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=RecLoRAScorer(),
-            artifacts={ARTIFACT: str(folder)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
+        return log_pyfunc(
+            MODEL_NAME, RecLoRAScorer, {ARTIFACT: str(folder)}, example, pip_requirements=pip_requirements()
         )
-    return info
 
 
 def example_requests(

@@ -15,7 +15,9 @@ drawn with the root ``seed`` so all seeds share it); AUC / GAUC / LogLoss come f
 ``recsys.evaluation.evaluate_ctr``. MLflow: one parent run (``train-reclora``) with the summary and one
 nested run per (seed, arm, retriever) with
 ``{split}/{metric}``. The personalized + retriever model of the first seed is logged as a pyfunc in its
-nested run and registered as ``<prefix>-reclora`` behind the test-AUC promotion gate.
+nested run and registered as ``<prefix>-reclora`` behind the test-AUC promotion gate. ``train/reclora``
+holds the adapters, the long-history CTR table and the cached conventional model, and its manifest (written
+last) records the run and the summary.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 
@@ -45,15 +46,16 @@ from models.reclora.network import RecLoRAModel, answer_token_ids, backbone_path
 from models.reclora.prompts import ItemTexts, UserProfiles
 from models.reclora.pyfunc import example_requests, log_reclora
 from models.reclora.samples import PromptBuilder, SampleSet, lm_data
+from recsys.config import typed
 from recsys.console import console, print_table
 from recsys.evaluation import evaluate_ctr
-from recsys.manifest import read_manifest
-from recsys.offline import features_dir
-from recsys.paths import stage_dir
+from recsys.manifest import Manifest, read_manifest, write_manifest
+from recsys.paths import TRAIN, RunPaths
 from recsys.schema import CATEGORIES, ITEM_ID, ITEM_IDX, RATING, TIMESTAMP, TITLE, USER_ID, USER_IDX
+from recsys.stage import ModelFamily, StageResult
 from recsys.tables import read_arrow
 from recsys.tracking.registry import Registration, register_and_gate
-from recsys.tracking.runs import log_metric_table, tracked_run
+from recsys.tracking.runs import log_metric_table, log_metrics, nested_run, resume_run, tracked_run
 
 PROMOTION_METRIC = "test/auc"
 CONVENTIONAL = "conventional"
@@ -117,13 +119,13 @@ def _limit(value: Any) -> int | None:
 
 
 def run_train(cfg: Mapping[str, Any]) -> RecLoRAResult:
-    rcfg = RecLoRAConfig.from_mapping(cfg["model"])
+    rcfg = typed(RecLoRAConfig, cfg["model"], "model")
     if rcfg.train.num_threads:
         torch.set_num_threads(rcfg.train.num_threads)
     started, cpu_started = time.perf_counter(), time.process_time()
-    root = Path(cfg["paths"]["root"]).resolve()
-    features = features_dir(cfg)
-    work = stage_dir(root, str(cfg["run"]["date"]), "train") / "reclora"
+    paths = RunPaths.from_cfg(cfg)
+    features = paths.features
+    work = paths.train(rcfg.name)
     trainer_cfg = cfg["trainer"]
     train_limit = _limit(trainer_cfg.get("limit_train_batches"))
     eval_limit = _limit(trainer_cfg.get("limit_test_batches"))
@@ -171,12 +173,10 @@ def run_train(cfg: Mapping[str, Any]) -> RecLoRAResult:
     ) as parent:
         # The conventional model is pretrained and frozen (as RecLoRA's CRM): one DLRM per snapshot, trained
         # with the root seed; model.seeds vary the LM side (adapter init, Few2Many draw, shuffles).
-        # Nested runs go to the active experiment: make it the parent's (tracked_run only passes an id).
-        mlflow.set_experiment(experiment_id=parent.info.experiment_id)
         tick = time.perf_counter()
         conventional = train_conventional(rcfg.dlrm, ctr_long, int(cfg["seed"]), trainer_cfg, work)
-        with mlflow.start_run(run_name=f"{CONVENTIONAL}-seed{cfg['seed']}", nested=True):
-            mlflow.log_params({"arm": CONVENTIONAL, "seed": cfg["seed"], "long_history": rcfg.long_history})
+        conventional_params = {"arm": CONVENTIONAL, "seed": cfg["seed"], "long_history": rcfg.long_history}
+        with nested_run(f"{CONVENTIONAL}-seed{cfg['seed']}", conventional_params):
             metrics: dict[str, float] = {}
             for split, samples in eval_sets.items():
                 metrics.update(_metrics(split, samples, conventional.score(samples.rows)))
@@ -220,11 +220,58 @@ def run_train(cfg: Mapping[str, Any]) -> RecLoRAResult:
                         )
         summary = _summary(results)
         for label, values in summary.items():
-            mlflow.log_metrics({f"{k}/{label.replace('+', '_')}": v for k, v in values.items()})
+            log_metrics({f"{k}/{label.replace('+', '_')}": v for k, v in values.items()})
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        mlflow.log_metrics({"wall_seconds": wall, "cpu_seconds": cpu})
+        log_metrics({"wall_seconds": wall, "cpu_seconds": cpu})
     _print_summary(rcfg, summary, registration, wall, cpu)
+    _write_manifest(work, rcfg, manifest, parent.info.run_id, summary, adapters)
     return RecLoRAResult(parent.info.run_id, results, summary, registration, adapters)
+
+
+def _write_manifest(
+    work: Path,
+    rcfg: RecLoRAConfig,
+    ctr: Manifest,
+    run_id: str,
+    summary: dict[str, dict[str, float]],
+    adapters: dict[str, Path],
+) -> None:
+    """Last, so that a ``train/reclora`` with a manifest holds a finished ablation."""
+    extra = {
+        "model": rcfg.name,
+        "family": "reclora",
+        "run_id": run_id,
+        "adapters": {arm: str(path.relative_to(work)) for arm, path in adapters.items()},
+        "summary": summary,
+    }
+    write_manifest(
+        work,
+        Manifest(
+            TRAIN,
+            0,
+            [],
+            {"num_items": int(ctr.counts["num_items"])},
+            config_hash=ctr.config_hash,
+            source_fingerprint=ctr.source_fingerprint,
+            format="model",
+            extra=extra,
+        ),
+    )
+
+
+def train_stage(cfg: Mapping[str, Any]) -> StageResult:
+    """The family's ``train`` stage; its metrics are the ablation summary as ``{label}/{key}``."""
+    result = run_train(cfg)
+    metrics = {
+        f"{label}/{key}": float(value)
+        for label, values in result.summary.items()
+        for key, value in values.items()
+    }
+    return StageResult(metrics, result.run_id, (RunPaths.from_cfg(cfg).train(str(cfg["model"]["name"])),))
+
+
+FAMILY = ModelFamily("reclora", train=train_stage)
+"""RecLoRA's one stage: the ablation (conventional, shared and personalized LoRA), its registered model."""
 
 
 def _fit_arm(
@@ -241,21 +288,19 @@ def _fit_arm(
     label = f"{arm}{'+retriever' if retriever else ''}"
     user_dim = int(data["train"].user_vectors.shape[1])
     model = build_model(rcfg, arm, user_dim, seed, backbone_folder)
-    with mlflow.start_run(run_name=f"{label}-seed{seed}", nested=True) as run:
-        mlflow.log_params(
-            {"arm": arm, "retriever": retriever, "seed": seed, "few2many_samples": len(data["train"])}
-        )
+    params = {"arm": arm, "retriever": retriever, "seed": seed, "few2many_samples": len(data["train"])}
+    with nested_run(f"{label}-seed{seed}", params) as run:
         losses = train_lm(
             model, data["train"], rcfg.train, seed, limit_batches=train_limit, description=label
         )
         for step_index, loss in enumerate(losses):
-            mlflow.log_metric("train/loss", loss, step=step_index)
+            log_metrics({"train/loss": loss}, step=step_index)
         metrics: dict[str, float] = {}
         for split, samples in eval_sets.items():
             scores = score_lm(model, data[split], rcfg.train.batch_size, description=f"{label} {split}")
             metrics.update(_metrics(split, samples, scores))
         seconds = time.perf_counter() - tick
-        mlflow.log_metric("seconds", seconds)
+        log_metrics({"seconds": seconds})
     return ArmResult(seed, arm, retriever, metrics, seconds), run.info.run_id, model
 
 
@@ -274,7 +319,7 @@ def _save_and_register(
     test: SampleSet,
 ) -> tuple[Registration, Path]:
     """Adapters under ``<work>/adapters/`` (PEFT folder for a shared model), pyfunc logged and gated."""
-    features = features_dir(cfg)
+    features = RunPaths.from_cfg(cfg).features
     num_items = len(builder.items.titles)
     item_ids = [""] * num_items
     vocab = read_arrow(features / "vocab_item", columns=[ITEM_ID, ITEM_IDX])
@@ -286,7 +331,7 @@ def _save_and_register(
         int(i): str(u) for u, i in zip(vocab[USER_ID].to_pylist(), vocab[USER_IDX].to_pylist(), strict=True)
     }
     out = _save_adapters(rcfg, model, work, backbone_folder)
-    with mlflow.start_run(run_id=run_id, nested=True):
+    with resume_run(cfg["tracking"], run_id, nested=True):
         n = min(EXAMPLE_ROWS, len(test))
         example = example_requests(
             log, test.users[:n], test.items[:n], test.timestamps[:n], item_ids, user_ids

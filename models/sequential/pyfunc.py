@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from models.sequential.config import SequentialConfig
 from models.sequential.network import MolarNet, SASRec, build_network
+from recsys.config import as_dict, typed
 from recsys.retrieval.index import ItemIndex
 from recsys.schema import FIRST_INDEX, PADDING_INDEX
+from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
 
 HISTORY = "history"
 ITEM_IDS = "item_ids"
@@ -45,11 +42,8 @@ STATE_FILE = "state_dict.pt"
 
 
 def config_to_mapping(cfg: SequentialConfig) -> dict[str, Any]:
-    """The yaml-shaped mapping ``SequentialConfig.from_mapping`` reads back."""
-    out = asdict(cfg)
-    if out["molar"] is None:
-        del out["molar"]
-    return out
+    """The yaml-shaped mapping (plain containers) ``typed(SequentialConfig, ..., "model")`` reads back."""
+    return as_dict(cfg)
 
 
 def save_model(network: SASRec | MolarNet, cfg: SequentialConfig, folder: Path) -> Path:
@@ -62,7 +56,7 @@ def save_model(network: SASRec | MolarNet, cfg: SequentialConfig, folder: Path) 
 
 def load_network(config_path: Path, state_path: Path) -> tuple[SequentialConfig, SASRec | MolarNet]:
     """Rebuild the network written by :func:`save_model` (sizes read from the weights)."""
-    cfg = SequentialConfig.from_mapping(json.loads(config_path.read_text()))
+    cfg = typed(SequentialConfig, json.loads(config_path.read_text()), "model")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     content = None
     if cfg.architecture == "molar":
@@ -151,17 +145,7 @@ def log_sequential(
             ARTIFACT_INDEX: str(index_dir),
         }
         example = pd.DataFrame({HISTORY: [example_history]})
-        loaded = SequentialRetriever(k)
-        loaded.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
-        signature = infer_signature(example, loaded.predict(None, example), params={"k": k})
-        info: ModelInfo = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=SequentialRetriever(k),
-            artifacts=artifacts,
-            signature=signature,
-            input_example=example,
-        )
-    return info
+        return log_pyfunc(name, lambda: SequentialRetriever(k), artifacts, example, params={"k": k})
 
 
 def log_retriever_for_index(

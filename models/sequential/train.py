@@ -1,7 +1,8 @@
 """``recsys train model=sasrec|molar``: Lightning fits the sequence model with early stopping on validation
-NDCG@10 (full ranking), restores the best weights, tests, logs to MLflow, publishes the evaluation folder
+NDCG@10 (full ranking), restores the best weights, tests, logs to MLflow, publishes ``train/<model>``
 (metrics, recommendations, ``item_vectors.npy``, ``user_vectors.npy``, the model) and registers
-``<prefix>-sequential`` behind the promotion gate on test NDCG@10.
+``<prefix>-sequential`` behind the promotion gate on test NDCG@10. The family's retriever
+(:class:`SequentialRetrieverSource`) gives ``recsys index`` those vectors and logs the retriever pyfunc.
 
 ``model.seeds=[1,2,3]`` trains once per seed (one MLflow run each) and prints / logs the mean and standard
 deviation of the test metrics; the seed with the best *validation* NDCG@10 is the one published and
@@ -20,46 +21,56 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import mlflow
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import MLFlowLogger
 
+from models.common.trainer import build_trainer
 from models.sequential.config import SequentialConfig
 from models.sequential.data import SequenceData, SequenceDataModule, load_sequences
 from models.sequential.evaluate import RankingEvaluator, few_interactions_bucket
 from models.sequential.module import VALIDATION_METRIC, BestWeights, SequentialLitModule
 from models.sequential.network import MolarNet, SASRec, build_network, encode_users
-from models.sequential.pyfunc import MODEL_DIR, log_sequential, save_model
+from models.sequential.pyfunc import MODEL_DIR, log_retriever_for_index, log_sequential, save_model
+from recsys.config import typed
 from recsys.console import console, print_table, step
 from recsys.manifest import publish_atomically, read_manifest, write_manifest
 from recsys.offline import (
+    USER_VECTORS,
     EvaluateResult,
     InteractionData,
     SplitEvaluation,
-    evaluate_dir,
-    features_dir,
     load_interactions,
+    read_published_vectors,
     write_evaluation,
 )
+from recsys.paths import RunPaths
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.schema import FIRST_INDEX
+from recsys.settings import TrainerConfig
+from recsys.stage import ModelFamily, PublishedVectors, StageResult
 from recsys.tracking.registry import Registration, register_and_gate
-from recsys.tracking.runs import configure, log_metric_table, tracked_run
+from recsys.tracking.runs import (
+    lightning_logger,
+    log_metric_table,
+    log_metrics,
+    log_text,
+    resume_run,
+    run_metrics,
+    set_tags,
+    tracked_run,
+)
 
 PROMOTION_METRIC = "test/ndcg_at_10"
-RETRIEVER_LOGGER = "models.sequential.pyfunc:log_retriever_for_index"
-"""Named in the evaluation manifest so ``recsys index`` registers this family's own retriever pyfunc."""
 SUMMARY_K = 10
 # Lightning warns that num_workers=0 is slow: the batches are slices of in-memory tensors, workers only
 # add process start-up and copies.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-class PublishedVectors:
+class SequenceScorerSlot:
     """The ``HistoryScorer`` slot of an ``EvaluateResult`` for a sequence model.
 
     ``write_evaluation`` only needs the model's name; a sequence model cannot score an unordered history
@@ -139,18 +150,14 @@ def train_seed(
     datamodule = SequenceDataModule(
         data, model_cfg.batch_size, model_cfg.eval_batch_size, seed, model_cfg.bucket_by_length
     )
-    trainer_cfg = cfg["trainer"]
+    trainer_cfg = typed(TrainerConfig, cfg["trainer"], "trainer")
     best = BestWeights()
     run_cfg = {**cfg, "seed": seed}
     tags = {"model": model_cfg.name, "stage": "train", "family": "sequential"}
     with tracked_run(run_cfg, run_name=f"train-{model_cfg.name}-seed{seed}", tags=tags) as run:
-        logger = MLFlowLogger(
-            experiment_name=str(cfg["tracking"]["experiment"]),
-            tracking_uri=str(cfg["tracking"]["tracking_uri"]),
-            run_id=run.info.run_id,
-        )
-        trainer = pl.Trainer(
-            accelerator=str(trainer_cfg["accelerator"]),
+        logger = lightning_logger(cfg, run.info.run_id)
+        trainer = build_trainer(
+            trainer_cfg,
             devices=1,
             max_epochs=model_cfg.max_epochs,
             logger=logger,
@@ -159,11 +166,6 @@ def train_seed(
                 best,
             ],
             enable_checkpointing=False,
-            check_val_every_n_epoch=int(trainer_cfg["check_val_every_n_epoch"]),
-            limit_train_batches=trainer_cfg["limit_train_batches"],
-            limit_val_batches=trainer_cfg["limit_val_batches"],
-            limit_test_batches=trainer_cfg["limit_test_batches"],
-            log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
             num_sanity_val_steps=0,
             enable_model_summary=False,
         )
@@ -173,8 +175,9 @@ def train_seed(
         trainer.test(module, datamodule=datamodule, verbose=False)
         evaluations = {"valid": _evaluate_valid(network, data, evaluator, model_cfg), **module.evaluations}
         for split, evaluation in evaluations.items():
-            log_metric_table(evaluation.metrics, split)
-        mlflow.log_metrics(
+            # At the last step: Lightning logged val/* per epoch; the restored best epoch's values win.
+            log_metric_table(evaluation.metrics, split, step=trainer.global_step)
+        log_metrics(
             {
                 "best/val_ndcg_at_10": best.best_score,
                 "best/epoch": best.best_epoch,
@@ -182,7 +185,7 @@ def train_seed(
                 "train/seconds": seconds,
             }
         )
-        mlflow.set_tag("eval_set", interactions.eval_set)
+        set_tags({"eval_set": interactions.eval_set})
     return SeedResult(
         seed,
         run.info.run_id,
@@ -212,9 +215,9 @@ def _item_vectors(network: SASRec | MolarNet) -> np.ndarray:
 
 
 def run_train(cfg: Mapping[str, Any]) -> TrainResult:
-    model_cfg = SequentialConfig.from_mapping(cfg["model"])
+    model_cfg = typed(SequentialConfig, cfg["model"], "model")
     threads = set_threads(model_cfg.num_threads)
-    features = features_dir(cfg)
+    features = RunPaths.from_cfg(cfg).features
     with step(f"load sequences (max_len {model_cfg.max_len}) and interactions from {features}"):
         data = load_sequences(features, model_cfg.max_len)
         interactions = load_interactions(features)
@@ -264,9 +267,9 @@ def _log_summary(
     with tracked_run(cfg, run_name=f"train-{model_cfg.name}-seeds", tags=tags):
         for stat in ("mean", "std"):
             row = summary[summary["seed"] == stat].iloc[0]
-            mlflow.log_metrics({f"seeds/{k}/{stat}": float(row[k]) for k in summary.columns if k != "seed"})
-        mlflow.log_text(summary.to_csv(index=False), "seeds_summary.csv")
-        mlflow.set_tag("seed_runs", ",".join(r.run_id for r in results))
+            log_metrics({f"seeds/{k}/{stat}": float(row[k]) for k in summary.columns if k != "seed"})
+        log_text(summary.to_csv(index=False), "seeds_summary.csv")
+        set_tags({"seed_runs": ",".join(r.run_id for r in results)})
 
 
 def publish_and_register(
@@ -276,16 +279,16 @@ def publish_and_register(
     data: SequenceData,
     interactions: InteractionData,
 ) -> Registration:
-    """Publish ``<root>/<date>/evaluate/<model>/`` like ``recsys evaluate`` plus the vectors and the model,
+    """Publish ``train/<model>/`` as ``recsys evaluate`` publishes a baseline, plus the vectors and the model,
     then log + register the ``<prefix>-sequential`` pyfunc in the seed's run."""
     network = result.network
     items = _item_vectors(network)
     users = np.zeros((interactions.num_users, items.shape[1]), dtype=np.float32)
     users[data.full_users] = encode_users(network, data.full_histories, model_cfg.eval_batch_size)
     evaluation = EvaluateResult(
-        model_cfg.name, interactions, PublishedVectors(model_cfg.name), result.evaluations
+        model_cfg.name, interactions, SequenceScorerSlot(model_cfg.name), result.evaluations
     )
-    out = evaluate_dir(cfg)
+    out = RunPaths.from_cfg(cfg).train(model_cfg.name)
     version = f"{model_cfg.name}:{result.run_id}"
     with (
         step(f"publish metrics, recommendations, vectors and model to {out}"),
@@ -297,17 +300,16 @@ def publish_and_register(
             child.rename(staging / child.name)
         inner.rmdir()
         np.save(staging / "item_vectors.npy", items)
-        np.save(staging / "user_vectors.npy", users)
+        np.save(staging / USER_VECTORS, users)
         save_model(network, model_cfg, staging / MODEL_DIR)
         manifest = read_manifest(staging)
-        extra = {**manifest.extra, "user_vectors": "user_vectors.npy", "retriever_logger": RETRIEVER_LOGGER}
+        extra = {**manifest.extra, "user_vectors": USER_VECTORS, "family": "sequential"}
         write_manifest(staging, replace(manifest, extra=extra))
-    configure(cfg["tracking"])
-    index_cfg = IndexConfig.from_mapping(cfg["index"])
+    index_cfg = typed(IndexConfig, cfg["index"], "index")
     item_idx = np.arange(FIRST_INDEX, interactions.num_items, dtype=np.int64)
     k = int(cfg["evaluation"]["candidates_k"])
     example = [str(x) for x in interactions.item_ids[item_idx[:3]]]
-    with mlflow.start_run(run_id=result.run_id), tempfile.TemporaryDirectory() as tmp:
+    with resume_run(cfg["tracking"], result.run_id), tempfile.TemporaryDirectory() as tmp:
         index = ItemIndex.build(np.ascontiguousarray(items[item_idx]), item_idx, index_cfg, version)
         index_dir = index.save(Path(tmp) / "index")
         info = log_sequential(out / MODEL_DIR, index_dir, interactions.item_ids, k, example, "sequential")
@@ -341,3 +343,28 @@ def _print_summary(
             ("train seconds (all seeds)", f"{sum(r.seconds for r in results):.1f}"),
         ],
     )
+
+
+def train_stage(cfg: Mapping[str, Any]) -> StageResult:
+    """The family's ``train`` stage; its metrics are those the published seed's run logged."""
+    result = run_train(cfg)
+    run_id = result.published.run_id
+    folder = RunPaths.from_cfg(cfg).train(result.model)
+    return StageResult(run_metrics(cfg["tracking"], run_id), run_id, (folder,))
+
+
+class SequentialRetrieverSource:
+    """The family's :class:`recsys.stage.Retriever`: the vectors published under ``train/<model>`` (user
+    vectors from the model's own encoder over each full history) and the sequential retriever pyfunc."""
+
+    def published(self, paths: RunPaths, model: str) -> PublishedVectors:
+        return read_published_vectors(paths.train(model))
+
+    def log_pyfunc(
+        self, vectors: PublishedVectors, index_dir: Path, item_ids: np.ndarray, k: int, example: list[str]
+    ) -> Any:
+        return log_retriever_for_index(vectors.folder, index_dir, item_ids, k, example)
+
+
+FAMILY = ModelFamily("sequential", train=train_stage, retriever=SequentialRetrieverSource())
+"""SASRec and Molar: ``train`` publishes their vectors; ``recsys index`` serves them."""

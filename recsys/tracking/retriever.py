@@ -7,17 +7,18 @@ so ``mlflow models serve`` answers requests with the same scores offline evaluat
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
+from recsys.offline import read_published_vectors
+from recsys.paths import RunPaths
 from recsys.retrieval.index import ItemIndex
+from recsys.stage import PublishedVectors
+from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
 
 HISTORY = "history"
 ITEM_IDS = "item_ids"
@@ -83,11 +84,19 @@ def log_retriever(
         "encoder": str(work / "encoder.npy"),
         "items": str(work / "items.npy"),
     }
-    model = RetrieverModel(k)
     example = pd.DataFrame({HISTORY: [example_history]})
-    model.load_context(PythonModelContext(artifacts=artifacts, model_config={}))  # type: ignore[no-untyped-call]
-    signature = infer_signature(example, model.predict(None, example), params={"k": k})
-    info: ModelInfo = mlflow.pyfunc.log_model(
-        name="retriever", python_model=model, artifacts=artifacts, signature=signature, input_example=example
-    )
-    return info
+    return log_pyfunc("retriever", lambda: RetrieverModel(k), artifacts, example, params={"k": k})
+
+
+class FoldInRetriever:
+    """The :class:`recsys.stage.Retriever` of history-based vector models (PureSVD): their published
+    ``evaluate/<model>`` vectors; a request's user vector is its history folded in."""
+
+    def published(self, paths: RunPaths, model: str) -> PublishedVectors:
+        return read_published_vectors(paths.evaluate(model))
+
+    def log_pyfunc(
+        self, vectors: PublishedVectors, index_dir: Path, item_ids: np.ndarray, k: int, example: list[str]
+    ) -> ModelInfo:
+        with tempfile.TemporaryDirectory() as tmp:
+            return log_retriever(index_dir, vectors.item_vectors, item_ids, k, example, Path(tmp))

@@ -47,7 +47,7 @@ def test_features_on_bundled_movielens_100k(tmp_path: Path) -> None:
     for output in ("vocab_user", "vocab_item", "split", "sequences", "popularity", "content", "ctr", "users"):
         manifest = json.loads((features / output / "manifest.json").read_text())
         assert manifest["schema"] and manifest["config_hash"] and manifest["source_fingerprint"]
-    assert "Outputs" in done.stderr
+    assert "Ingest outputs" in done.stderr and "Features outputs" in done.stderr
     assert f"features outputs: {features}" in done.stderr
 
 
@@ -76,10 +76,10 @@ def test_bench_features_writes_json_with_ratio(tmp_path: Path) -> None:
         "bench",
         "features",
         "paths.root=runs",
-        "bench.features.num_events=20000",
-        "bench.features.num_users=500",
-        "bench.features.num_items=300",
-        "bench.features.out_dir=results",
+        "bench.num_events=20000",
+        "bench.num_users=500",
+        "bench.num_items=300",
+        "bench.out_dir=results",
         *SPARK,
         cwd=tmp_path,
     )

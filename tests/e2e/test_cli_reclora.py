@@ -3,6 +3,7 @@ four LM arms on a few batches, metrics in nested MLflow runs, adapters on disk, 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,13 @@ def test_train_reclora_smoke_runs_the_ablation(tmp_path: Path) -> None:
     )
     version = client.get_model_version_by_alias("recsys-reclora", "champion")
     assert version.run_id == by_name["personalized+retriever"].info.run_id
-    adapters = tmp_path / "runs" / "1970-01-01" / "train" / "reclora" / "adapters"
+    published = tmp_path / "runs" / "1970-01-01" / "train" / "reclora"
+    adapters = published / "adapters"
     assert (adapters / "personalized" / "adapters.safetensors").is_file()
     assert (adapters / "shared" / "peft" / "adapter_config.json").is_file()
     assert (adapters / "shared" / "peft" / "adapter_model.safetensors").is_file()
+    # The manifest, written last, marks train/reclora as a finished ablation and names its parts.
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert manifest["extra"]["run_id"] == parent.info.run_id
+    for arm, folder in manifest["extra"]["adapters"].items():
+        assert (published / folder).is_dir(), arm

@@ -1,6 +1,7 @@
 """`recsys train model=sasrec` then `recsys index model=sasrec index=hnsw` from the command line: features
-built on demand, a smoke Lightning fit with full-ranking validation, the published evaluation folder (with the
-model's own user vectors), the `sequential` and `retriever` registrations, and candidates from the index."""
+built on demand, a smoke Lightning fit with full-ranking validation, the published `train/sasrec` folder
+(with the model's own user vectors), the `sequential` and `retriever` registrations, and candidates from the
+index."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
         "model.seeds=[1,2]",
     )
     assert trained.returncode == 0, trained.stderr[-3000:] + trained.stdout[-3000:]
-    evaluated = tmp_path / "runs" / DATE / "evaluate" / "sasrec"
+    evaluated = tmp_path / "runs" / DATE / "train" / "sasrec"
     manifest = json.loads((evaluated / "manifest.json").read_text())
     assert manifest["extra"]["user_vectors"] == "user_vectors.npy"
     items = np.load(evaluated / "item_vectors.npy")
@@ -55,7 +56,7 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
     assert items.shape[1] == users.shape[1] == 16
     assert np.count_nonzero(users[:2]) == 0 and np.count_nonzero(users[2:], axis=1).all()  # reserved rows
     metrics = read_arrow(evaluated / "metrics").to_pandas()
-    assert {"valid", "test"} <= set(metrics["split"])
+    assert {"valid", "test"} <= set(metrics["split"])  # the evaluation split names (MLflow keys say `val/`)
     assert {"items_le20", "1-20", "151+"} <= set(metrics["bucket"])
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
@@ -66,8 +67,18 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
     assert sorted(r.data.params["seed"] for r in seed_runs) == ["1", "2"]
     for run in seed_runs:
         history = client.get_metric_history(run.info.run_id, "val/ndcg_at_10")
-        assert len(history) == 2  # one full-ranking validation per epoch
+        # One full-ranking validation per epoch, then the restored best epoch's evaluation under the same key
+        # (the evaluation split `valid` is logged as `val/`) at the last step, so it is the latest value.
+        assert len(history) == 2 + 1
+        assert len({h.step for h in history}) == 2 and history[-1].step == max(h.step for h in history)
+        assert not [k for k in run.data.metrics if k.startswith("valid/")]
         assert 0.0 <= run.data.metrics["test/ndcg_at_10"] <= 1.0
+    published_run = manifest["extra"]["run_id"]
+    overall = metrics[(metrics["bucket"] == "all") & (metrics["metric"] == "ndcg") & (metrics["k"] == 10)]
+    logged = client.get_run(published_run).data.metrics
+    for split, key in (("valid", "val/ndcg_at_10"), ("test", "test/ndcg_at_10")):
+        [value] = overall[overall["split"] == split]["value"]
+        assert logged[key] == pytest.approx(value), key
     [summary] = client.search_runs([experiment], "tags.stage = 'train-seeds'")
     assert "seeds/test_ndcg_at_10/mean" in summary.data.metrics
     assert client.get_model_version_by_alias("recsys-sequential", "champion").run_id in {
@@ -88,9 +99,7 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
     assert len(answer[ITEM_IDS].iloc[0]) == 5 and not {"50", "172", "133"} & set(answer[ITEM_IDS].iloc[0])
 
     # `recsys bench sequential` on the same snapshot: SASRec in Lightning and in the plain loop.
-    benched = recsys(
-        tmp_path, "bench", "sequential", "bench.sequential.epochs=2", "bench.sequential.models=[sasrec]"
-    )
+    benched = recsys(tmp_path, "bench", "sequential", "bench.epochs=2", "bench.models=[sasrec]")
     assert benched.returncode == 0, benched.stderr[-3000:] + benched.stdout[-3000:]
     [saved] = (tmp_path / "bench_results").glob("sequential-*.json")
     results = json.loads(saved.read_text())

@@ -66,10 +66,9 @@ def test_promotion_gate_both_ways(workspace: Path) -> None:
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
     reason = client.get_model_version(NAME, "3").tags["promotion"]
     assert "does not beat champion" in reason
-    metrics = {
-        v: client.get_run(client.get_model_version(NAME, v).run_id).data.metrics["test/ndcg_at_10"]
-        for v in ("1", "2", "3")
-    }
+    runs = {v: client.get_model_version(NAME, v).run_id for v in ("1", "2", "3")}
+    assert all(runs.values())
+    metrics = {v: client.get_run(str(run_id)).data.metrics["test/ndcg_at_10"] for v, run_id in runs.items()}
     assert metrics["2"] > metrics["1"] and metrics["3"] < metrics["2"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # (user, item, rating, timestamp) rows shared by the format fixtures.
 RATINGS: list[tuple[str, str, float, int]] = [
@@ -127,7 +128,7 @@ def amazon2023(folder: Path, category: str = "All_Beauty") -> Path:
         for u, i, r, t in RATINGS
     ]
     write_lines(folder / f"{category}.jsonl", [json.dumps(r) for r in reviews])
-    meta = [
+    meta: list[dict[str, Any]] = [
         {
             "main_category": "Beauty",
             "title": title,

@@ -9,22 +9,22 @@ from pyspark.sql import SparkSession
 
 from features.build import FeaturesResult, run_features
 from features.ingest import IngestResult, run_ingest
-from recsys.paths import stage_dir
+from recsys.paths import RunPaths
 from recsys.tables import read_arrow
 
 
 def ingest(spark: SparkSession, cfg: dict[str, Any]) -> IngestResult:
-    return run_ingest(spark, cfg, stage_dir(cfg["paths"]["root"], cfg["run"]["date"], "ingest"))
+    return run_ingest(spark, cfg, RunPaths.from_cfg(cfg).ingest)
 
 
 def ingest_and_features(spark: SparkSession, cfg: dict[str, Any]) -> tuple[IngestResult, FeaturesResult]:
     ingested = ingest(spark, cfg)
-    stage = stage_dir(cfg["paths"]["root"], cfg["run"]["date"], "features")
-    return ingested, run_features(spark, cfg, ingested.stage_dir, stage)
+    return ingested, run_features(spark, cfg, ingested.stage_dir, RunPaths.from_cfg(cfg).features)
 
 
 def rows(folder: Path, sort_by: list[str] | None = None) -> list[dict[str, Any]]:
     table = read_arrow(folder)
     if sort_by:
         table = table.sort_by([(c, "ascending") for c in sort_by])
-    return table.to_pylist()
+    found: list[dict[str, Any]] = table.to_pylist()
+    return found

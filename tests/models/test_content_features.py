@@ -13,7 +13,7 @@ from features.content import build_content
 from features.io import write_output
 from models.common import load_content_vectors
 from recsys.config import compose, to_plain
-from recsys.paths import stage_dir
+from recsys.paths import RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_IDX
 from recsys.tables import read_arrow
 
@@ -43,7 +43,7 @@ def test_embedding_columns_are_carried_and_encoded(spark: SparkSession, tmp_path
     assert dict(content.dtypes)["image_embedding"] == "array<float>"
     assert dict(content.dtypes)["text_embedding"] == "array<float>"
 
-    features = stage_dir(tmp_path, DATE, "features")
+    features = RunPaths(tmp_path, DATE).features
     write_output(content, features / "content", config_hash="c", source_fingerprint="s")
     write_output(
         _vocab(spark),

@@ -2,7 +2,7 @@
 Lightning trains through ``TorchRecStrategy``, and a DCP checkpoint resumes in fresh processes to exactly the
 saved state.
 
-Processes are started by ``models.dlrm.launch.launch_local`` (``elastic_launch``, file rendezvous), so
+Processes are started by ``models.common.launch.launch_local`` (``elastic_launch``, file rendezvous), so
 Lightning sees a torchelastic environment and starts no processes itself.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
+from models.common.launch import launch_local
 from models.dlrm.config import FactorizationHeadConfig
-from models.dlrm.launch import launch_local
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.sharding import table_ranks
 from tests.models.test_dlrm_network import COUNTS, loader, make_batches, make_config, make_trainer

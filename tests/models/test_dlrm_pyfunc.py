@@ -3,6 +3,7 @@ MLflow store, loaded back with ``mlflow.pyfunc.load_model`` and scoring exactly 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from models.dlrm.pyfunc import (
     config_to_mapping,
     full_state_from_checkpoint,
     log_dlrm,
+    mapping_to_config,
     unsharded_state_dict,
 )
-from recsys.config import compose, to_plain
+from recsys.config import compose, to_plain, typed
 from recsys.schema import LABEL
 from recsys.tables import read_arrow
 from recsys.tracking.runs import configure
@@ -65,7 +67,7 @@ def ctr_folder(cfg: dict[str, Any]) -> Path:
 
 def train_tiny(cfg: dict[str, Any]) -> DLRMLitModule:
     """A few single-process DMP steps on the features' CTR rows (not a good model: a trained one)."""
-    model_cfg = DLRMConfig.from_mapping(cfg["model"])
+    model_cfg = typed(DLRMConfig, cfg["model"], "model")
     pl.seed_everything(SEED)
     datamodule = CTRDataModule(ctr_folder(cfg), model_cfg, seed=SEED)
     module = DLRMLitModule(model_cfg, datamodule.counts)
@@ -94,7 +96,7 @@ def as_input(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def test_config_round_trips_through_its_mapping(trained: tuple[dict[str, Any], DLRMLitModule]) -> None:
     _, module = trained
-    assert DLRMConfig.from_mapping(config_to_mapping(module.cfg)) == module.cfg
+    assert mapping_to_config(json.loads(json.dumps(config_to_mapping(module.cfg)))) == module.cfg
 
 
 def test_logged_pyfunc_scores_like_the_trained_module(

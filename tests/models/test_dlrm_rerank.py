@@ -1,14 +1,18 @@
 """Two-stage evaluation: point-in-time CTR features of (user, candidate) rows on a hand-written event table
-and against the features stage's own CTR rows, then retrieval + DLRM re-ranking on synthetic features."""
+and against the features stage's own CTR rows, then retrieval + DLRM re-ranking on synthetic features, and the
+``rerank`` stage that re-ranks with the ranker the ``train`` stage published."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pytest
+from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from features.ctr import STAT_COLUMNS
@@ -20,7 +24,11 @@ from models.dlrm.rerank import (
     rerank,
     two_stage_evaluation,
 )
-from recsys.jobs import run_evaluate
+from models.dlrm.train import TrainResult, run_train
+from pipelines.jobs import run_evaluate
+from pipelines.stages import STAGES, run_stage, scope
+from recsys.errors import InputError
+from recsys.paths import RunPaths
 from recsys.schema import ITEM_ID, ITEM_IDX, LABEL, RATING, SPLIT, TIMESTAMP, USER_IDX
 from recsys.tables import read_arrow
 from tests.models.test_dlrm_pyfunc import build_features, compose_cfg, ctr_folder, train_tiny
@@ -108,7 +116,7 @@ def test_features_match_the_ctr_output(setup: tuple[dict[str, Any], DLRMLitModul
 
 def test_two_stage_evaluation_reranks_candidates(setup: tuple[dict[str, Any], DLRMLitModule]) -> None:
     cfg, module = setup
-    result: TwoStageResult = two_stage_evaluation(cfg, module)
+    result: TwoStageResult = two_stage_evaluation(cfg, module, str(cfg["evaluation"]["rerank_retriever"]))
     assert 0.0 <= result.retrieval_ndcg_at_10 <= 1.0 and 0.0 <= result.reranked_ndcg_at_10 <= 1.0
     assert result.candidates.shape == (result.users.size, int(cfg["evaluation"]["candidates_k"]))
     for before, after in zip(result.candidates, result.reranked, strict=True):
@@ -128,3 +136,90 @@ def test_two_stage_evaluation_reranks_candidates(setup: tuple[dict[str, Any], DL
     assert 0.0 < result.candidate_recall <= 1.0
     for table in (result.retrieval_metrics, result.reranked_metrics):
         assert {"ndcg", "recall"} <= set(table["metric"]) and 10 in set(table["k"])
+
+
+def test_two_stage_evaluation_needs_the_retrievers_vectors(
+    setup: tuple[dict[str, Any], DLRMLitModule],
+) -> None:
+    cfg, module = setup
+    with pytest.raises(FileNotFoundError, match=r"evaluate/ease/item_vectors\.npy: no item vectors"):
+        two_stage_evaluation(cfg, module, "ease")
+
+
+TWO_STAGE = ("two_stage/retrieval_ndcg_at_10", "two_stage/reranked_ndcg_at_10", "two_stage/candidate_recall")
+
+
+@pytest.fixture(scope="module")
+def trained_and_reranked(
+    setup: tuple[dict[str, Any], DLRMLitModule],
+) -> tuple[dict[str, Any], TrainResult, Any]:
+    """The ``train`` stage's trainer on the same features (a few smoke batches), then the ``rerank`` stage
+    in its tracking scope, as ``recsys train model=dlrm`` and ``recsys rerank model=dlrm`` run them."""
+    cfg, _ = setup
+    root = Path(cfg["paths"]["root"])
+    train_cfg = compose_cfg(root, "model=dlrm", "trainer=smoke", "model.epochs=1")
+    trained = run_train(train_cfg)
+    with scope("rerank", "rerank"):
+        reranked = run_stage("rerank", train_cfg)
+    return train_cfg, trained, reranked
+
+
+def test_rerank_stage_refuses_without_a_published_ranker(setup: tuple[dict[str, Any], DLRMLitModule]) -> None:
+    cfg, _ = setup
+    elsewhere = {**cfg, "run": {**cfg["run"], "date": "2001-01-01"}}  # the same root, another snapshot
+    paths = RunPaths.from_cfg(elsewhere)
+    with pytest.raises(InputError, match=r"stage rerank needs ") as refused:
+        run_stage("rerank", elsewhere)
+    for missing in (paths.features / "split", paths.train("dlrm"), paths.evaluate("puresvd")):
+        assert str(missing) in str(refused.value)
+
+
+def test_training_publishes_the_ranker_but_no_two_stage_metrics(
+    trained_and_reranked: tuple[dict[str, Any], TrainResult, Any],
+) -> None:
+    cfg, trained, _ = trained_and_reranked
+    folder = RunPaths.from_cfg(cfg).train("dlrm")
+    assert trained.published == folder
+    assert not [k for k in trained.test_metrics if k.startswith("two_stage/")]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["extra"]["run_id"] == trained.run_id
+    assert manifest["extra"]["metrics"]["test/auc"] == pytest.approx(trained.test_metrics["test/auc"])
+    for name in manifest["extra"]["artifacts"].values():
+        assert (folder / name).is_file(), name
+    logged = MlflowClient(tracking_uri=str(cfg["tracking"]["tracking_uri"])).get_run(trained.run_id)
+    assert not [k for k in logged.data.metrics if k.startswith("two_stage/")]
+
+
+def test_rerank_stage_equals_the_two_stage_evaluation_of_the_trained_module(
+    trained_and_reranked: tuple[dict[str, Any], TrainResult, Any],
+) -> None:
+    """What training used to compute with its in-memory module is what the rerank stage computes with the
+    published ranker."""
+    cfg, trained, stage = trained_and_reranked
+    retriever = str(cfg["evaluation"]["rerank_retriever"])
+    expected = two_stage_evaluation(cfg, trained.module, retriever)
+    assert set(stage.metrics) == set(TWO_STAGE)
+    assert stage.metrics["two_stage/retrieval_ndcg_at_10"] == pytest.approx(expected.retrieval_ndcg_at_10)
+    assert stage.metrics["two_stage/reranked_ndcg_at_10"] == pytest.approx(expected.reranked_ndcg_at_10)
+    assert stage.metrics["two_stage/candidate_recall"] == pytest.approx(expected.candidate_recall)
+    for name in TWO_STAGE:
+        assert 0.0 <= stage.metrics[name] <= 1.0, name
+
+    # Published: both orders' metric tables under rerank/<ranker>-<retriever>.
+    folder = RunPaths.from_cfg(cfg).rerank("dlrm", retriever)
+    assert stage.outputs == (folder,)
+    table = read_arrow(folder / "metrics").to_pandas()
+    assert set(table["order"]) == {"retrieval", "reranked"}
+    for order, frame in (("retrieval", expected.retrieval_metrics), ("reranked", expected.reranked_metrics)):
+        mine = table[table["order"] == order].drop(columns="order").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, frame.reset_index(drop=True), check_dtype=False, rtol=1e-6)
+
+    # Its own MLflow run: the two-stage metrics, the ranker's run, only the groups the stage reads as params.
+    run = MlflowClient(tracking_uri=str(cfg["tracking"]["tracking_uri"])).get_run(stage.mlflow_run_id)
+    assert run.info.run_id != trained.run_id
+    assert run.data.tags["ranker_run_id"] == trained.run_id and run.data.tags["retriever"] == retriever
+    assert run.data.tags["stage_kind"] == "rerank"
+    for name in TWO_STAGE:
+        assert run.data.metrics[name] == pytest.approx(stage.metrics[name]), name
+    groups = {k.split(".")[0] for k in run.data.params}
+    assert groups <= {*STAGES["rerank"].reads, "seed", "prefix"} and "model" in groups

@@ -21,7 +21,7 @@ from models.reclora.prompts import ItemTexts, UserProfiles
 from models.reclora.pyfunc import SCORE, example_requests, log_reclora
 from models.reclora.samples import PromptBuilder, SampleSet, lm_data
 from models.reclora.train import build_model
-from recsys.config import compose, to_plain
+from recsys.config import compose, typed
 from recsys.errors import InputError
 from recsys.tracking.runs import configure
 from tests.models.test_reclora_network import randomize_lora, save_tiny_bert
@@ -49,7 +49,7 @@ def test_pyfunc_roundtrip_matches_offline_scoring(tmp_path: Path, retriever: boo
         "model.prompt.short_history=2",
         "model.conventional.long_history=3",
     ]
-    rcfg = RecLoRAConfig.from_mapping(to_plain(compose(overrides))["model"])
+    rcfg = typed(RecLoRAConfig, compose(overrides)["model"], "model")
     torch.manual_seed(0)
     ranker = DLRMRanker(
         rcfg.dlrm, build_embedding_bag_collection(rcfg.dlrm, COUNTS, torch.device("cpu"))

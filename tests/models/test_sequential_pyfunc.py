@@ -53,7 +53,7 @@ def test_pyfunc_roundtrip_matches_the_network(tmp_path: Path, architecture: str)
     rows = np.arange(FIRST_INDEX, NUM_ITEMS, dtype=np.int64)
     with torch.no_grad():
         vectors = network.item_vectors().numpy()[rows]
-    index_cfg = IndexConfig.from_mapping({"name": "flat", "factory": "Flat", "metric": "inner_product"})
+    index_cfg = IndexConfig(name="flat", factory="Flat", metric="inner_product")
     index_dir = ItemIndex.build(np.ascontiguousarray(vectors), rows, index_cfg, "test").save(
         tmp_path / "index"
     )

@@ -29,7 +29,7 @@ def assert_same_tables(left: Path, right: Path) -> list[str]:
 
 
 def metric_table(folder: Path) -> pd.DataFrame:
-    table = read_arrow(folder / "metrics").to_pandas()
+    table: pd.DataFrame = read_arrow(folder / "metrics").to_pandas()
     return table.sort_values(["split", "metric", "k", "bucket"]).reset_index(drop=True)
 
 

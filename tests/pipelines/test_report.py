@@ -1,17 +1,27 @@
-"""Report metric names must be accepted by MLflow: stage metrics may carry characters it rejects."""
+"""The report: metric names MLflow accepts, and the report logged into the pipeline's own MLflow run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.report import mlflow_key
-from recsys.tracking.runs import configure
+from pipelines.graph import ReportSettings
+from pipelines.report import StageRow, report_is_current, write_report
+from recsys.config import compose, to_plain
+from recsys.manifest import Manifest, write_manifest
+from recsys.tracking.keys import mlflow_key
+from recsys.tracking.runs import configure, end_pipeline_run, start_pipeline_run
 
 RAW = "train_reclora/personalized+retriever/test/auc_mean"
+ARM_METRIC = "personalized+retriever/test/auc_mean"
 
 
 def test_mlflow_key_makes_a_rejected_metric_name_loggable(tmp_path: Path) -> None:
@@ -28,3 +38,135 @@ def test_mlflow_key_makes_a_rejected_metric_name_loggable(tmp_path: Path) -> Non
         mlflow.log_metric(mlflow_key(RAW), 0.6)
     logged = mlflow.get_run(run.info.run_id).data.metrics
     assert logged == {"train_reclora/personalized_retriever/test/auc_mean": 0.6}
+
+
+def test_report_is_logged_into_the_pipeline_run(tmp_path: Path) -> None:
+    """No stage published a metric table here (no plots): the tables and the key numbers are what counts."""
+    cfg = to_plain(compose([f"paths.root={tmp_path / 'runs'}", "run.date=2026-01-02"]))
+    run_folder = tmp_path / "runs" / "2026-01-02"
+    run_folder.mkdir(parents=True)
+    settings = ReportSettings(split="test", k=10, ranking_metrics=("ndcg", "recall"))
+    rows = [
+        StageRow("features", "features", "skipped", 0.0, "up to date", "split.rows", {"split.rows": 2000.0}),
+        StageRow(
+            "evaluate_ease",
+            "evaluate",
+            "ran",
+            1.5,
+            "not done yet",
+            "test/ndcg_at_10",
+            {"test/ndcg_at_10": 0.25, "test/recall_at_10": 0.5},
+            model="ease",
+        ),
+        StageRow("train_reclora", "train", "ran", 3.0, "not done yet", None, {ARM_METRIC: 0.6}),
+    ]
+    pipeline_run = start_pipeline_run(cfg, "t")
+    folder = write_report(run_folder, "t", "2026-01-02", rows, settings, cfg, "digest-1", pipeline_run)
+    end_pipeline_run(cfg, pipeline_run, failed=False)
+
+    assert folder == run_folder / "report"
+    markdown = (folder / "report.md").read_text()
+    assert "| ease | evaluate_ease | 0.2500 | 0.5000 |" in markdown
+    assert f"| train_reclora | {ARM_METRIC} | 0.6000 |" in markdown
+    state = json.loads((folder / "report.json").read_text())
+    assert state["mlflow_run_id"] == pipeline_run and state["stages_digest"] == "digest-1"
+    assert report_is_current(run_folder, "digest-1") and not report_is_current(run_folder, "digest-2")
+
+    client = MlflowClient(tracking_uri=str(cfg["tracking"]["tracking_uri"]))
+    run = client.get_run(pipeline_run)
+    assert run.info.run_name == "pipeline-t" and run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "pipeline" and run.data.tags["run_date"] == "2026-01-02"
+    assert run.data.metrics == {
+        "features/split.rows": 2000.0,
+        "evaluate_ease/test/ndcg_at_10": 0.25,
+        "evaluate_ease/test/recall_at_10": 0.5,
+        mlflow_key(RAW): 0.6,  # the stage's name / its key, made loggable
+        "pipeline/stages_ran": 2.0,
+    }
+    artifacts = {a.path for a in client.list_artifacts(pipeline_run, "report")}
+    assert {"report/report.md", "report/report.html", "report/report.json"} <= artifacts
+    # One run for the whole pipeline: the report did not open another one.
+    experiment = client.get_experiment_by_name(str(cfg["tracking"]["experiment"]))
+    assert experiment is not None
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [pipeline_run]
+
+
+def _metric_table(folder: Path, table: pd.DataFrame) -> None:
+    """A published ``metrics`` output (one Parquet file and its manifest), as the stages write it."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    folder.mkdir(parents=True)
+    pq.write_table(arrow, folder / "part-0.parquet")
+    schema = [{"name": f.name, "type": str(f.type)} for f in arrow.schema]
+    write_manifest(folder, Manifest("metrics", arrow.num_rows, schema, {}, "", ""))
+    write_manifest(folder.parent, Manifest(folder.parent.name, arrow.num_rows, [], {}, "", ""))
+
+
+def _ranking(values: dict[int, float]) -> pd.DataFrame:
+    rows = [
+        (m, k, "all", v * (1.0 if m == "ndcg" else 0.5))
+        for m in ("ndcg", "recall")
+        for k, v in values.items()
+    ]
+    return pd.DataFrame(rows, columns=["metric", "k", "bucket", "value"])
+
+
+def test_report_of_a_pipeline_with_a_rerank_stage(tmp_path: Path) -> None:
+    """The demo's `rerank_dlrm` publishes `rerank/dlrm-puresvd/metrics`: both orders' tables (column
+    `order`, no `split`: the two-stage protocol evaluates the test split only) next to the baselines'."""
+    cfg = to_plain(compose([f"paths.root={tmp_path / 'runs'}", "run.date=2026-01-02"]))
+    run_folder = tmp_path / "runs" / "2026-01-02"
+    evaluated = pd.concat(
+        [_ranking({5: 0.2, 10: 0.25}).assign(split=s) for s in ("valid", "test")], ignore_index=True
+    )
+    _metric_table(run_folder / "evaluate" / "puresvd" / "metrics", evaluated)
+    reranked = pd.concat(
+        [
+            _ranking({5: 0.2, 10: 0.25}).assign(order="retrieval"),
+            _ranking({5: 0.3, 10: 0.35}).assign(order="reranked"),
+        ],
+        ignore_index=True,
+    )
+    _metric_table(run_folder / "rerank" / "dlrm-puresvd" / "metrics", reranked)
+    two_stage = {
+        "two_stage/retrieval_ndcg_at_10": 0.25,
+        "two_stage/reranked_ndcg_at_10": 0.35,
+        "two_stage/candidate_recall": 0.6,
+    }
+    rows = [
+        StageRow(
+            "evaluate_puresvd",
+            "evaluate",
+            "ran",
+            1.0,
+            "not done yet",
+            "test/ndcg_at_10",
+            {"test/ndcg_at_10": 0.25, "test/recall_at_10": 0.125},
+            outputs=("evaluate/puresvd",),
+            model="puresvd",
+        ),
+        StageRow(
+            "rerank_dlrm",
+            "rerank",
+            "ran",
+            2.0,
+            "not done yet",
+            "two_stage/reranked_ndcg_at_10",
+            two_stage,
+            outputs=("rerank/dlrm-puresvd",),
+            model="dlrm",
+        ),
+    ]
+    settings = ReportSettings(split="test", k=10, ranking_metrics=("ndcg", "recall"))
+    pipeline_run = start_pipeline_run(cfg, "demo")
+    folder = write_report(run_folder, "demo", "2026-01-02", rows, settings, cfg, "d", pipeline_run)
+    end_pipeline_run(cfg, pipeline_run, failed=False)
+
+    markdown = (folder / "report.md").read_text()
+    assert "| puresvd | evaluate_puresvd | 0.2500 | 0.1250 |" in markdown
+    for key, value in two_stage.items():
+        assert f"| rerank_dlrm | {key} | {value:.4f} |" in markdown
+    assert (folder / "plots" / "evaluate_puresvd_at_k.png").stat().st_size > 0
+    logged = (
+        MlflowClient(tracking_uri=str(cfg["tracking"]["tracking_uri"])).get_run(pipeline_run).data.metrics
+    )
+    assert logged["rerank_dlrm/two_stage/reranked_ndcg_at_10"] == 0.35

@@ -120,7 +120,7 @@ TRAIN_EPOCHS = 40
 TRAIN_STAGE_SPEC = (
     f"+pipeline.stages.{TRAIN_STAGE}={{kind: train, "
     f"overrides: ['model=sasrec', 'model.max_epochs={TRAIN_EPOCHS}', 'model.patience={TRAIN_EPOCHS}', "
-    "'model.hidden_dim=32'], needs: [features], outputs: [evaluate/sasrec], metric: test/ndcg_at_10}"
+    "'model.hidden_dim=32'], needs: [features], metric: test/ndcg_at_10}"
 )
 # Epochs the killed run must have finished (their losses are in MLflow) before the kill.
 KILL_AFTER_EPOCHS = 3
@@ -179,10 +179,10 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted_training(
     assert process.returncode == -signal.SIGKILL
     trained = _logged_epochs(root) - before
     assert KILL_AFTER_EPOCHS <= trained < TRAIN_EPOCHS, f"killed after {trained} epochs"
-    # Killed mid-training: no marker, nothing published under evaluate/sasrec.
+    # Killed mid-training: no marker, nothing published under train/sasrec.
     assert read_marker(run_folder, TRAIN_STAGE) is None
     assert started_path(run_folder, TRAIN_STAGE).is_file()
-    assert not (run_folder / "evaluate" / "sasrec").exists()
+    assert not (run_folder / "train" / "sasrec").exists()
 
     resumed = subprocess.run(
         _command(root, TRAIN_STAGE_SPEC),
@@ -196,8 +196,8 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted_training(
     marker = read_marker(run_folder, TRAIN_STAGE)
     assert marker is not None
     assert not started_path(run_folder, TRAIN_STAGE).is_file()
-    resumed_metrics = metric_table(run_folder / "evaluate" / "sasrec")
-    resumed_vectors = (run_folder / "evaluate" / "sasrec" / "item_vectors.npy").read_bytes()
+    resumed_metrics = metric_table(run_folder / "train" / "sasrec")
+    resumed_vectors = (run_folder / "train" / "sasrec" / "item_vectors.npy").read_bytes()
 
     # The same stage again, uninterrupted, on the same features.
     uninterrupted = subprocess.run(
@@ -213,7 +213,7 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted_training(
     assert again is not None and again.mlflow_run_id != marker.mlflow_run_id
     # Seeded training on the same data and threads: the killed-then-resumed run equals the clean one.
     pd.testing.assert_frame_equal(
-        resumed_metrics, metric_table(run_folder / "evaluate" / "sasrec"), rtol=1e-6, atol=1e-9
+        resumed_metrics, metric_table(run_folder / "train" / "sasrec"), rtol=1e-6, atol=1e-9
     )
-    assert resumed_vectors == (run_folder / "evaluate" / "sasrec" / "item_vectors.npy").read_bytes()
+    assert resumed_vectors == (run_folder / "train" / "sasrec" / "item_vectors.npy").read_bytes()
     assert marker.metrics["test/ndcg_at_10"] == pytest.approx(again.metrics["test/ndcg_at_10"], rel=1e-6)

@@ -6,10 +6,14 @@ import shutil
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from pipelines.graph import parse_pipeline
 from pipelines.markers import read_marker
 from pipelines.runner import RAN, SKIPPED, stages_to_redo
+from pipelines.stages import STAGES
+from recsys.manifest import read_manifest
+from recsys.tracking.runs import ROOT_PARAMS, git_commit
 from tests.pipelines.compare import candidates, metric_table
 from tests.pipelines.conftest import Reference, run_in_process, small_overrides
 
@@ -17,6 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 DATE = "1998-04-23"
 ALL = ["ingest", "features", "evaluate_mostpop", "evaluate_ease", "evaluate_puresvd", "index_puresvd_hnsw"]
+EVALUATED = ("evaluate_mostpop", "evaluate_ease", "evaluate_puresvd")
 
 
 def _statuses(run: object) -> dict[str, str]:
@@ -35,16 +40,68 @@ def test_reference_run_ran_every_stage_and_wrote_the_report(reference_run: Refer
     assert "popularity_vs_coverage.png" in (report / "report.html").read_text()
 
 
+def _client(reference_run: Reference) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
+
+
+def _run_count(client: MlflowClient) -> int:
+    experiment = client.get_experiment_by_name("recsys")
+    assert experiment is not None
+    return len(client.search_runs([experiment.experiment_id], max_results=1000))
+
+
+def test_stage_runs_are_nested_under_the_pipeline_run(reference_run: Reference) -> None:
+    """One MLflow run for the pipeline; every stage's runs are its children, tagged with the snapshot's
+    provenance, and log as params only the config groups their stage reads."""
+    client = _client(reference_run)
+    by_name = {r.name: r for r in reference_run.run.results}
+    fingerprint = read_manifest(reference_run.root / DATE / "features" / "split").source_fingerprint
+    parents = set()
+    for name in EVALUATED:
+        run_id = by_name[name].mlflow_run_id
+        assert run_id is not None, name
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        parents.add(tags["mlflow.parentRunId"])
+        assert tags["run_date"] == DATE and tags["data_fingerprint"] == fingerprint, name
+        assert tags["stage_kind"] == "evaluate" and tags["model"] == name.removeprefix("evaluate_"), name
+        if git_commit() is not None:
+            assert tags["git_commit"] == git_commit()
+        params = run.data.params
+        assert params["model.name"] == name.removeprefix("evaluate_"), name
+        assert not [k for k in params if k.startswith(("spark.", "trainer."))], name
+        groups = {k.split(".")[0] for k in params}
+        assert groups <= {*STAGES["evaluate"].reads, *ROOT_PARAMS}, (name, groups)
+    # The index stage adds the retriever to the evaluate run of the vectors it indexed.
+    assert by_name["index_puresvd_hnsw"].mlflow_run_id == by_name["evaluate_puresvd"].mlflow_run_id
+    [parent_id] = parents
+    parent = client.get_run(parent_id)
+    assert parent.info.run_name == "pipeline-demo" and parent.info.status == "FINISHED"
+    assert parent.data.tags["stage"] == "pipeline" and parent.data.tags["pipeline"] == "demo"
+    # (Opened before the first stage ran: on a new snapshot no data fingerprint is known yet.)
+    assert parent.data.tags["run_date"] == DATE
+    assert "mlflow.parentRunId" not in parent.data.tags
+    # The report went into the same run: every stage's key numbers, no second pipeline run.
+    metrics = parent.data.metrics
+    assert metrics["pipeline/stages_ran"] == len(ALL)
+    for name in EVALUATED:
+        expected = by_name[name].metrics["test/ndcg_at_10"]
+        assert metrics[f"{name}/test/ndcg_at_10"] == pytest.approx(expected), name
+
+
 def test_second_run_skips_everything_and_from_stage_redoes_only_downstream(reference_run: Reference) -> None:
     root, folder = reference_run.root, reference_run.root / DATE
     overrides = small_overrides(root)
     before = {s: read_marker(folder, s) for s in ALL}
     report_state = (folder / "report" / "report.json").read_text()
+    client = _client(reference_run)
+    runs = _run_count(client)
 
     again = run_in_process(overrides)
     assert _statuses(again) == dict.fromkeys(ALL, SKIPPED)
     assert {s: read_marker(folder, s) for s in ALL} == before
     assert (folder / "report" / "report.json").read_text() == report_state  # nothing ran: report kept
+    assert _run_count(client) == runs  # and no pipeline run was opened for nothing
     assert again.seconds < 0.1 * reference_run.run.seconds
 
     redo = run_in_process(overrides, from_stage="evaluate_puresvd")
@@ -84,6 +141,7 @@ def test_force_and_from_select_the_stages_to_redo() -> None:
     spec = parse_pipeline(
         {
             "name": "t",
+            "report": {"split": "test", "k": 10, "ranking_metrics": ["ndcg"]},
             "stages": {
                 "ingest": {"kind": "ingest"},
                 "features": {"kind": "features", "needs": ["ingest"]},

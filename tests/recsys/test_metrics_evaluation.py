@@ -15,11 +15,11 @@ from recsys.evaluation import (
     evaluate_ctr,
     evaluate_ranking,
     full_ranking_topk,
-    metric_key,
 )
 from recsys.metrics.beyond_accuracy import catalog_coverage
 from recsys.metrics.classification import auc, gauc, log_loss
 from recsys.metrics.ranking import ndcg_at_k, recall_at_k
+from recsys.tracking.keys import metric_key, mlflow_key
 
 RESERVED = np.array([0, 1])  # padding and OOV indices
 
@@ -186,6 +186,9 @@ MLFLOW_SAFE = re.compile(r"^[\w/.\- ]+$")
         (("test", "ndcg", 10), "test/ndcg_at_10"),
         (("test", "ndcg", 10, "6-20"), "test/ndcg_at_10/bucket_6-20"),
         (("val", "recall", 20, "21+"), "val/recall_at_20/bucket_21plus"),
+        # The evaluation split `valid` is spelled `val` in every key (as the Lightning modules log it).
+        (("valid", "ndcg", 10), "val/ndcg_at_10"),
+        (("valid", "recall", 20, "21+"), "val/recall_at_20/bucket_21plus"),
         (("test", "auc", 0), "test/auc"),
         (("test", "hit_rate", 5, "a@b"), "test/hit_rate_at_5/bucket_a_b"),
     ],
@@ -196,6 +199,19 @@ def test_metric_key_is_mlflow_safe(
     key = metric_key(*args)
     assert key == expected
     assert MLFLOW_SAFE.match(key) and key.isascii()
+
+
+def test_metric_key_rejects_an_empty_split_or_metric_and_a_negative_cutoff() -> None:
+    for args in (("", "ndcg", 10), ("test", "", 10), ("test", "ndcg", -1)):
+        with pytest.raises(ValueError, match="need a split"):
+            metric_key(*args)
+
+
+def test_mlflow_key_replaces_only_characters_mlflow_rejects() -> None:
+    assert mlflow_key("train_reclora/personalized+retriever/test/auc_mean") == (
+        "train_reclora/personalized_retriever/test/auc_mean"
+    )
+    assert mlflow_key("a@b c:d.e-f/g_h") == "a_b c:d.e-f/g_h"
 
 
 def test_metric_keys_of_a_whole_table_are_safe_and_unique() -> None:

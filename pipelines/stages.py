@@ -1,0 +1,281 @@
+"""The stage registry: one typed :class:`Stage` per kind, run the same way by ``recsys <verb>`` and by the
+pipeline runner (:func:`run_stage`).
+
+A stage declares the config groups it reads (its MLflow params), the stage folders it needs (checked before
+it starts) and the folders it publishes (fingerprinted into its success marker). Model families are looked up
+by ``model.family`` in :data:`FAMILIES`, whose loaders import the family only when its stage runs, so a rerun
+that skips everything imports neither torch nor Spark.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.schemas import register_model_schemas
+from pipelines.graph import PipelineConfig
+from recsys.config import register_schema
+from recsys.errors import ConfigError, InputError
+from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
+from recsys.stage import ModelFamily, StageResult
+from recsys.tracking.runs import StageScope, current_scope, stage_scope
+
+
+def register_schemas() -> None:
+    """Every group schema above the core (the core's are registered by ``compose`` itself): the model
+    families' and benchmarks' (``models.schemas``) and the pipeline's."""
+    register_model_schemas()
+    register_schema("pipeline", PipelineConfig)
+
+
+register_schemas()
+
+SPLIT_OUTPUT = "split"
+INTERACTIONS_OUTPUT = "interactions"
+
+
+def _baseline() -> ModelFamily:
+    from pipelines.jobs import evaluate_stage
+    from recsys.tracking.retriever import FoldInRetriever
+
+    return ModelFamily("baseline", evaluate=evaluate_stage, retriever=FoldInRetriever())
+
+
+def _dlrm() -> ModelFamily:
+    from models.dlrm.train import FAMILY
+
+    return FAMILY
+
+
+def _sequential() -> ModelFamily:
+    from models.sequential.train import FAMILY
+
+    return FAMILY
+
+
+def _reclora() -> ModelFamily:
+    from models.reclora.train import FAMILY
+
+    return FAMILY
+
+
+FAMILIES: dict[str, Callable[[], ModelFamily]] = {
+    "baseline": _baseline,
+    "dlrm": _dlrm,
+    "sequential": _sequential,
+    "reclora": _reclora,
+}
+"""``model.family`` -> the family's contract (imported on first use)."""
+
+FAMILY_STAGES: dict[str, tuple[str, ...]] = {
+    "baseline": (EVALUATE, INDEX),
+    "dlrm": (TRAIN, RERANK),
+    "sequential": (TRAIN, INDEX),
+    "reclora": (TRAIN,),
+}
+"""The model stages each family has, known without importing it (plans and the command line check a
+family's stage before any stage runs); a test checks it against the families' contracts."""
+
+# Kinds that run one model family's stage (the others read no model).
+MODEL_KINDS = (EVALUATE, TRAIN, INDEX, RERANK)
+
+
+def _family_name(cfg: Mapping[str, Any]) -> str:
+    model = cfg["model"]
+    name = str(model.get("family"))
+    if name not in FAMILIES:
+        raise ConfigError(
+            f"model={model.get('name')} has family {name!r}, which no stage knows; "
+            f"families: {', '.join(sorted(FAMILIES))}."
+        )
+    return name
+
+
+def family_of(cfg: Mapping[str, Any]) -> ModelFamily:
+    return FAMILIES[_family_name(cfg)]()
+
+
+def check_family_stage(kind: str, cfg: Mapping[str, Any]) -> None:
+    """Refuse, before anything runs, a model stage the configured model's family does not have, naming the
+    verbs that do handle that model."""
+    if kind not in MODEL_KINDS:
+        return
+    family = _family_name(cfg)
+    if kind not in FAMILY_STAGES[family]:
+        verbs = " / ".join(f"`recsys {k} model={_model(cfg)}`" for k in FAMILY_STAGES[family])
+        raise ConfigError(f"model={_model(cfg)} (family {family}) has no {kind} stage; its stages: {verbs}.")
+
+
+def _model(cfg: Mapping[str, Any]) -> str:
+    return str(cfg["model"]["name"])
+
+
+def _family_stage(kind: str, cfg: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], StageResult]:
+    """The family's function for ``kind`` (checked by :func:`check_family_stage` first)."""
+    check_family_stage(kind, cfg)
+    function = getattr(family_of(cfg), kind)
+    assert function is not None, f"FAMILY_STAGES lists {kind} for a family without that stage"
+    return function  # type: ignore[no-any-return]
+
+
+def _ingest(cfg: Mapping[str, Any]) -> StageResult:
+    from features.run import ingest_stage
+
+    return ingest_stage(cfg)
+
+
+def _features(cfg: Mapping[str, Any]) -> StageResult:
+    from features.run import features_stage
+
+    return features_stage(cfg)
+
+
+def _evaluate(cfg: Mapping[str, Any]) -> StageResult:
+    return _family_stage(EVALUATE, cfg)(cfg)
+
+
+def _train(cfg: Mapping[str, Any]) -> StageResult:
+    """The family's trainer, in this process or, with ``trainer.devices > 1``, in that many local processes
+    (unless this process already is one rank of a launch, e.g. under ``torchrun``)."""
+    train = _family_stage(TRAIN, cfg)
+    devices = int(cfg["trainer"]["devices"])
+    if devices > 1 and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+        from models.common.launch import launch_local
+
+        # Lightning would otherwise start the extra processes by re-running this command line (the whole
+        # pipeline, from the runner); under the launcher every process joins the group it set up.
+        return launch_local(_train_worker, devices, dict(cfg), current_scope())[0]  # type: ignore[no-any-return]
+    return train(cfg)
+
+
+def _train_worker(cfg: dict[str, Any], tracking_scope: StageScope | None) -> StageResult:
+    """One rank of a multi-process training (a module-level function: spawned processes import it); its
+    MLflow run belongs to the same stage scope as in the launching process."""
+    with stage_scope(tracking_scope):
+        return _family_stage(TRAIN, cfg)(cfg)
+
+
+def _index(cfg: Mapping[str, Any]) -> StageResult:
+    from pipelines.jobs import index_stage
+
+    check_family_stage(INDEX, cfg)
+    family = family_of(cfg)
+    assert family.retriever is not None, "FAMILY_STAGES lists index for a family without a retriever"
+    return index_stage(cfg, family.retriever)
+
+
+def _rerank(cfg: Mapping[str, Any]) -> StageResult:
+    return _family_stage(RERANK, cfg)(cfg)
+
+
+def _train_outputs(paths: RunPaths, cfg: Mapping[str, Any]) -> tuple[Path, ...]:
+    return (paths.train(_model(cfg)),)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of stage.
+
+    Attributes:
+        kind: its name (``pipeline.stages.<name>.kind`` and the ``recsys`` verb).
+        reads: the config groups it reads; only these are logged as its MLflow params.
+        needs: the stage folders it reads, given the run paths and its config (checked before it runs).
+        publishes: the stage folders it publishes (fingerprinted into its success marker).
+        run: the work; returns the shared result.
+    """
+
+    kind: str
+    reads: tuple[str, ...]
+    needs: Callable[[RunPaths, Mapping[str, Any]], tuple[Path, ...]]
+    publishes: Callable[[RunPaths, Mapping[str, Any]], tuple[Path, ...]]
+    run: Callable[[Mapping[str, Any]], StageResult]
+
+
+STAGES: dict[str, Stage] = {
+    INGEST: Stage(
+        INGEST,
+        reads=("data", "features", "spark"),
+        needs=lambda p, c: (),
+        publishes=lambda p, c: (p.ingest,),
+        run=_ingest,
+    ),
+    FEATURES: Stage(
+        FEATURES,
+        reads=("data", "features", "spark"),
+        needs=lambda p, c: (p.ingest / INTERACTIONS_OUTPUT,),
+        publishes=lambda p, c: (p.features,),
+        run=_features,
+    ),
+    EVALUATE: Stage(
+        EVALUATE,
+        reads=("model", "evaluation"),
+        needs=lambda p, c: (p.features / SPLIT_OUTPUT,),
+        publishes=lambda p, c: (p.evaluate(_model(c)),),
+        run=_evaluate,
+    ),
+    TRAIN: Stage(
+        TRAIN,
+        reads=("model", "trainer", "evaluation", "index"),
+        needs=lambda p, c: (p.features / SPLIT_OUTPUT,),
+        publishes=_train_outputs,
+        run=_train,
+    ),
+    INDEX: Stage(
+        INDEX,
+        reads=("model", "index", "evaluation"),
+        needs=lambda p, c: (p.features / SPLIT_OUTPUT,),
+        publishes=lambda p, c: (p.index(_model(c), str(c["index"]["name"])), p.candidates(_model(c))),
+        run=_index,
+    ),
+    RERANK: Stage(
+        RERANK,
+        reads=("model", "evaluation"),
+        needs=lambda p, c: (
+            p.features / SPLIT_OUTPUT,
+            p.train(_model(c)),
+            p.evaluate(str(c["evaluation"]["rerank_retriever"])),
+        ),
+        publishes=lambda p, c: (p.rerank(_model(c), str(c["evaluation"]["rerank_retriever"])),),
+        run=_rerank,
+    ),
+}
+
+
+def stage(kind: str) -> Stage:
+    if kind not in STAGES:
+        raise ConfigError(f"unknown stage kind {kind!r}; kinds: {', '.join(STAGES)}.")
+    return STAGES[kind]
+
+
+def missing_inputs(kind: str, cfg: Mapping[str, Any]) -> list[Path]:
+    """The folders ``kind`` needs that are not published (no ``manifest.json``)."""
+    paths = RunPaths.from_cfg(cfg)
+    return [p for p in stage(kind).needs(paths, cfg) if not (p / "manifest.json").is_file()]
+
+
+def scope(kind: str, name: str, parent_run_id: str | None = None) -> AbstractContextManager[None]:
+    """The tracking scope of one stage run: its MLflow runs are nested under ``parent_run_id`` (the
+    pipeline's run), tagged with the stage name and kind, and log the groups the kind reads as params."""
+    return stage_scope(StageScope(name, stage(kind).reads, parent_run_id, {"stage_kind": kind}))
+
+
+def run_stage(kind: str, cfg: Mapping[str, Any]) -> StageResult:
+    """Run one stage: check that what it needs is published, then run it.
+
+    Raises:
+        InputError: an input folder is missing (the message names it and the command that makes it).
+        ConfigError: unknown kind, or a model family without this stage.
+    """
+    check_family_stage(kind, cfg)
+    missing = missing_inputs(kind, cfg)
+    if missing:
+        raise InputError(
+            f"stage {kind} needs {', '.join(str(m) for m in missing)}, which is not published yet; run the "
+            "stage that writes it first (`recsys features`, `recsys evaluate model=...` or `recsys train "
+            "model=...` for the same paths.root and run.date)."
+        )
+    return stage(kind).run(cfg)
