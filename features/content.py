@@ -4,9 +4,10 @@
 appear in interactions but have no metadata row keep their row with empty title and text, so every item
 index has a (possibly empty) content entry.
 
-Precomputed vectors (``*_embedding`` columns of the items table, DESIGN's canonical schema) are carried
-through as ``array<float>`` (null for items without metadata), so content encoders can use them without
-reading the items table again. A column that arrives as JSON text (``"[0.1, 0.2]"``) is parsed.
+Precomputed vectors (``*_embedding`` columns of the items table, the canonical schema in
+docs/configuration.md) are carried through as ``array<float>`` (null for items without metadata), so
+content encoders can use them without reading the items table again. A column that arrives as JSON text
+(``"[0.1, 0.2]"``) is parsed.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ def build_session(spark_cfg: Mapping[str, Any]) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(str(spark_cfg["master"]))
-        .appName(str(spark_cfg.get("app_name", "recsys")))
+        .appName(str(spark_cfg["app_name"]))
         .config("spark.sql.shuffle.partitions", str(spark_cfg["shuffle_partitions"]))
         .config("spark.driver.memory", str(spark_cfg["driver_memory"]))
     )
-    if spark_cfg.get("local_dir"):
+    if spark_cfg["local_dir"]:
         builder = builder.config("spark.local.dir", str(spark_cfg["local_dir"]))
-    for key, value in (spark_cfg.get("extra") or {}).items():
+    for key, value in spark_cfg["extra"].items():
         builder = builder.config(str(key), str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

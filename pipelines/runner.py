@@ -44,7 +44,7 @@ from recsys.config import compose, to_plain
 from recsys.console import console
 from recsys.errors import ConfigError, InputError, RecsysError
 from recsys.manifest import config_hash
-from recsys.paths import RunPaths, run_dir
+from recsys.paths import RunPaths
 from recsys.tracking.runs import end_pipeline_run, start_pipeline_run
 
 LOCK_FILE = ".lock"
@@ -246,8 +246,8 @@ def run_pipeline(
     user = [o for o in overrides if not _is_pipeline_override(o)]
     base, planned = plan(spec, user)
     redo = stages_to_redo(spec, force, from_stage)
-    root, date = Path(base["paths"]["root"]).resolve(), str(base["run"]["date"])
-    run_folder = run_dir(root, date)
+    paths = RunPaths.from_cfg(base)
+    date, run_folder = paths.date, paths.run
     settings = spec.report
     if settings is None:
         raise ConfigError(f"pipeline {spec.name!r}: `report` (split, k, ranking_metrics) is missing.")

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recsys.errors import ConfigError
 from recsys.settings import register_core_schemas
-from recsys.structured import as_dict, check_groups, missing_keys, register_schema, typed
+from recsys.structured import as_dict, check_groups, missing_keys, register_schema, schema_for, typed
 
 # The typed-config functions are used through this module everywhere (one import for config work).
 __all__ = ["as_dict", "compose", "conf_dir", "register_schema", "to_plain", "typed"]
@@ -38,13 +38,55 @@ def conf_dir() -> Path:
     return Path(str(resources.files("recsys.conf"))).resolve()
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
-    """Compose the root config with Hydra overrides and check that every mandatory value is set."""
+def _hydra_compose(overrides: list[str], config_name: str) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+            return hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
+
+
+def _schema_has(schema: type[Any], dotted: str) -> bool:
+    """Whether ``dotted`` (``limit_train_batches``, ``malloc.mmap_threshold_mib``) is a schema field."""
+    node: Any = OmegaConf.structured(schema)
+    for part in dotted.split("."):
+        # keys(), not `in node`: a field without default (MISSING) is a field too.
+        if not isinstance(node, DictConfig) or part not in set(node.keys()):
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def _with_schema_defaults(overrides: list[str], config_name: str) -> list[str]:
+    """Overrides of keys that only a schema states (a default the group's yaml leaves out, e.g.
+    ``trainer.limit_train_batches=5``) made ``++`` so Hydra adds them; any other key is left for Hydra to
+    refuse (a typo stays an error)."""
+    selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    base = _hydra_compose(selections, config_name)
+    register_core_schemas()
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group, _, rest = key.partition(".")
+        node = base.get(group) if sep and rest and not key.startswith(("+", "~")) else None
+        if isinstance(node, DictConfig) and OmegaConf.select(base, key, default=None) is None:
+            schema = schema_for(group, node)
+            if schema is not None and _schema_has(schema, rest):
+                override = f"++{key}={value}"
+        out.append(override)
+    return out
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose the root config with Hydra overrides and check that every mandatory value is set."""
+    requested = list(overrides or [])
+    try:
+        cfg = _hydra_compose(requested, config_name)
+    except ConfigError:
+        widened = _with_schema_defaults(requested, config_name)
+        if widened == requested:
+            raise
+        cfg = _hydra_compose(widened, config_name)
     variant = _model_variant(cfg)
     if variant is not None:
         # e.g. `model=dlrm data=criteo`: the Criteo columns need the dlrm_criteo table mapping.

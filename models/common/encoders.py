@@ -355,7 +355,7 @@ class PrecomputedEncoder:
 
 def build_encoder(encoders_cfg: Mapping[str, Any], modality: str) -> ContentEncoder:
     """Encoder for ``modality``: ``text``, ``image`` or ``precomputed:<name>_embedding``."""
-    device = resolve_device(str(encoders_cfg.get("device", "auto")))
+    device = resolve_device(str(encoders_cfg["device"]))
     if modality == "text":
         settings = typed(TextEncoderConfig, encoders_cfg["text"], f"{_CFG_PREFIX}.text")
         return TextEncoder.from_settings(settings, device)

@@ -1,6 +1,7 @@
 """``recsys bench sequential``: seconds per training epoch and sequences/s of SASRec on the snapshot's
-sequences (MovieLens-100K in the README), our Lightning training against a plain PyTorch loop over the same
-network, batches and optimizer in the same process (the ratio is the Lightning overhead), plus Molar.
+sequences (MovieLens-100K by default, see docs/benchmarks.md), our Lightning training against a plain
+PyTorch loop over the same network, batches and optimizer in the same process (the ratio is the Lightning
+overhead), plus Molar.
 
 Validation is off in both engines: the numbers are pure training epochs (full softmax loss, backward, Adam).
 """

@@ -24,7 +24,7 @@ from recsys.schema import CRITEO_DENSE_PREFIX, CRITEO_SPARSE_PREFIX, LABEL, crit
 
 
 def read(spark: SparkSession, cfg: DataConfig) -> RawDataset:
-    pattern = str(cfg.options.get("glob", "*.txt"))
+    pattern = str(cfg.options["glob"])
     if cfg.path and Path(cfg.path).is_file():
         files = [Path(cfg.path)]
     else:
@@ -34,8 +34,8 @@ def read(spark: SparkSession, cfg: DataConfig) -> RawDataset:
             raise InputError(f"{folder}: no Criteo file matches data.glob={pattern!r}.")
     for path in files:
         require_file(path, "Criteo file")
-    num_dense = int(cfg.options.get("num_dense", 13))
-    num_sparse = int(cfg.options.get("num_sparse", 26))
+    num_dense = int(cfg.options["num_dense"])
+    num_sparse = int(cfg.options["num_sparse"])
     schema = criteo_schema(num_dense, num_sparse)
     frame = split_fields(read_lines(spark, files, cfg.encoding), "\t", schema.names)
     for name in schema.names:

@@ -64,7 +64,8 @@ def read_folder(spark: SparkSession, folder: Path) -> RawDataset:
     items_location = _find(folder, "items")
     if items_location is not None:
         items, item_files = _read_table(spark, items_location, ITEMS)
-        # Precomputed content vectors (DESIGN: optional ``*_embedding`` list<float> columns) travel on.
+        # Precomputed content vectors (optional ``*_embedding`` list<float> columns of the canonical schema,
+        # docs/configuration.md) travel on.
         embeddings = tuple(c for c in items.columns if c.endswith(EMBEDDING_SUFFIX))
         tables["items"] = RawTable(ITEMS, with_missing(items, ITEMS), tuple(item_files), embeddings)
     users_location = _find(folder, "users")

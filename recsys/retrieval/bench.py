@@ -26,8 +26,6 @@ from recsys.errors import ConfigError
 from recsys.retrieval.index import IndexConfig, ItemIndex
 
 EXACT_INDEX = "flat"
-# Default of bench.retrieval.cluster_spread (see conf/config.yaml for what it means).
-CLUSTER_SPREAD = 1.25
 
 
 @dataclass(frozen=True)
@@ -39,9 +37,7 @@ class _Measured:
     recall: float
 
 
-def clustered_vectors(
-    rng: np.random.Generator, centres: np.ndarray, count: int, spread: float = CLUSTER_SPREAD
-) -> np.ndarray:
+def clustered_vectors(rng: np.random.Generator, centres: np.ndarray, count: int, spread: float) -> np.ndarray:
     """Unit vectors drawn around random centres: ``normalise(centre[c] + spread / sqrt(D) * N(0, I))``.
 
     Args:
@@ -108,7 +104,7 @@ def run_retrieval_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     seed = int(cfg["seed"])
     num_items, dim, k = int(bench["num_items"]), int(bench["dim"]), int(bench["k"])
     num_queries, num_clusters = int(bench["num_queries"]), int(bench["num_clusters"])
-    spread = float(bench.get("cluster_spread", CLUSTER_SPREAD))
+    spread = float(bench["cluster_spread"])
     threads = os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)
     rng = np.random.default_rng(seed)

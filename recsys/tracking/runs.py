@@ -35,6 +35,7 @@ ROOT_PARAMS = ("seed", "prefix")
 GIT_TIMEOUT_S = 5
 
 TAG_STAGE = "stage"
+TAG_STAGE_NAME = "stage_name"
 TAG_RUN_DATE = "run_date"
 TAG_GIT_COMMIT = "git_commit"
 TAG_DATA_FINGERPRINT = "data_fingerprint"
@@ -176,10 +177,12 @@ def tracked_run(
     """
     experiment_id = configure(cfg["tracking"])
     scope = current_scope()
-    all_tags = {**provenance_tags(cfg), **dict(tags or {})}
+    all_tags = provenance_tags(cfg)
     if scope is not None:
-        # The stage's own name (e.g. the pipeline's `evaluate_ease`) wins over the kind a family tags.
-        all_tags.update({**scope.tags, TAG_STAGE: scope.stage})
+        # `stage_name`: the pipeline's name of the stage (e.g. `evaluate_ease`), or the `recsys` verb;
+        # `stage` defaults to it, but a family's own finer tag (e.g. `train-seeds`) wins.
+        all_tags.update({TAG_STAGE: scope.stage, TAG_STAGE_NAME: scope.stage, **scope.tags})
+    all_tags.update(dict(tags or {}))
     parent = None if scope is None else scope.parent_run_id
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name, tags=all_tags, parent_run_id=parent

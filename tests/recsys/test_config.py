@@ -43,3 +43,15 @@ def test_model_variant_for_data_swaps_the_model_conf_and_keeps_its_overrides(tmp
     assert cfg["model"]["interaction"] == "dcn"
     assert all(t["features"][0].startswith("cat_") for t in cfg["model"]["tables"])
     assert to_plain(compose(["model=dlrm"]))["model"]["name"] == "dlrm"
+
+
+def test_a_key_only_the_schema_states_can_be_overridden_and_a_typo_still_fails() -> None:
+    """`limit_train_batches` has its default in TrainerConfig, not in conf/trainer/cpu.yaml: overriding it
+    works as if the yaml listed it, while a misspelled key is still refused."""
+    cfg = compose(["trainer.limit_train_batches=5", "trainer.limit_val_batches=0.5"])
+    assert cfg.trainer.limit_train_batches == 5 and cfg.trainer.limit_val_batches == 0.5
+    assert compose([]).trainer.get("limit_train_batches") is None
+    with pytest.raises(ConfigError, match=r"trainer\.limit_trian_batches"):
+        compose(["trainer.limit_trian_batches=5"])
+    with pytest.raises(ConfigError, match=r"trainer\.limit_train_batches"):
+        compose(["trainer.limit_train_batches=abc"])

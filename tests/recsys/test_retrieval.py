@@ -45,7 +45,8 @@ def _random(rows: int, dim: int, seed: int) -> np.ndarray:
 def clustered() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     centres = unit_centres(rng, num_clusters=50, dim=32)
-    return clustered_vectors(rng, centres, 5000), clustered_vectors(rng, centres, 200)
+    spread = float(compose(["bench=retrieval"]).bench.cluster_spread)  # the benchmark's own spread
+    return clustered_vectors(rng, centres, 5000, spread), clustered_vectors(rng, centres, 200, spread)
 
 
 def test_flat_search_equals_brute_force_inner_product() -> None:
