@@ -29,7 +29,7 @@ install: $(STAMP)
 # The demo pipeline (conf/pipeline/demo.yaml): MovieLens-100K end to end; a rerun skips finished stages.
 demo: $(STAMP)
 	$(BIN)/recsys pipeline run pipeline=demo paths.root=runs
-	@echo "Results: $(CURDIR)/runs/1998-04-23 (ingest, features, evaluate, index, candidates, report)"
+	@echo "Results: $(CURDIR)/runs/1998-04-23 (ingest, features, evaluate, train, index, candidates, rerank, report)"
 	@echo "Report:  $(CURDIR)/runs/1998-04-23/report/report.html"
 	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db"
 
