@@ -74,10 +74,37 @@ def _model_rows(results: Sequence[StageRow], settings: ReportSettings) -> tuple[
     return header, rows
 
 
+TWO_STAGE_PREFIX = "two_stage/"
+TWO_STAGE_COLUMNS = (
+    ("retrieval NDCG@10", "two_stage/retrieval_ndcg_at_10"),
+    ("re-ranked NDCG@10", "two_stage/reranked_ndcg_at_10"),
+    ("retrieval recall@10", "two_stage/retrieval_recall_at_10"),
+    ("re-ranked recall@10", "two_stage/reranked_recall_at_10"),
+    ("candidate recall@K (ceiling)", "two_stage/candidate_recall"),
+)
+
+
+def _two_stage(results: Sequence[StageRow]) -> list[StageRow]:
+    return [r for r in results if any(k.startswith(TWO_STAGE_PREFIX) for k in r.metrics)]
+
+
+def _two_stage_rows(results: Sequence[StageRow]) -> tuple[list[str], list[list[str]]]:
+    """Retrieval-only vs re-ranked metrics of every two-stage stage, with the re-ranking gain."""
+    header = ["stage", *(label for label, _ in TWO_STAGE_COLUMNS), "NDCG gain"]
+    rows = []
+    for r in _two_stage(results):
+        cells = [_number(r.metrics[key]) if key in r.metrics else "" for _, key in TWO_STAGE_COLUMNS]
+        before = r.metrics.get("two_stage/retrieval_ndcg_at_10", 0.0)
+        after = r.metrics.get("two_stage/reranked_ndcg_at_10", float("nan"))
+        gain = f"{after / before:.3f}x" if before else ""
+        rows.append([r.name, *cells, gain])
+    return header, rows
+
+
 def _other_rows(results: Sequence[StageRow]) -> list[list[str]]:
     rows = []
     for r in results:
-        if r.kind != "evaluate":
+        if r.kind != "evaluate" and not r.metrics.keys() & {k for _, k in TWO_STAGE_COLUMNS}:
             for key, value in sorted(r.metrics.items()):
                 if "/bucket_" not in key:  # per-activity-bucket values stay in MLflow
                     rows.append([r.name, key, _number(value)])
@@ -87,7 +114,7 @@ def _other_rows(results: Sequence[StageRow]) -> list[list[str]]:
 def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettings, out: Path) -> list[Path]:
     """metric@K curves per evaluated model and popularity vs coverage across them (PNG)."""
     from recsys.tables import read_arrow
-    from recsys.tracking.plots import metric_at_k_curves, popularity_vs_coverage
+    from recsys.tracking.plots import metric_at_k_curves, popularity_vs_coverage, two_stage_bars
 
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -106,6 +133,9 @@ def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettin
         paths.append(metric_at_k_curves(table, f"{r.label} ({settings.split})", out / f"{r.name}_at_k.png"))
     if tables:
         paths.append(popularity_vs_coverage(tables, settings.k, out / "popularity_vs_coverage.png"))
+    two_stage = {r.name: r.metrics for r in _two_stage(results)}
+    if two_stage:
+        paths.append(two_stage_bars(two_stage, out / "two_stage.png"))
     return paths
 
 
@@ -189,6 +219,7 @@ def write_report(
     sections = [
         ("Stages", ["stage", "kind", "status", "seconds", "key metric", "MLflow run"], stage_rows),
         (f"Ranking models ({settings.split}, full ranking)", header, model_rows),
+        ("Two-stage: retrieval vs re-ranked (test, full catalog)", *_two_stage_rows(results)),
         ("Other stages", ["stage", "metric", "value"], _other_rows(results)),
     ]
     final = run_folder / REPORT_DIR

@@ -21,7 +21,8 @@ from pipelines.graph import PipelineConfig
 from recsys.config import register_schema
 from recsys.errors import ConfigError, InputError
 from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
-from recsys.stage import ModelFamily, StageResult
+from recsys.scoring import candidate_models, register_scorer_source, reranked_retriever, retriever_folder
+from recsys.stage import ModelFamily, ScorerSource, StageResult
 from recsys.tracking.runs import StageScope, current_scope, stage_scope
 
 
@@ -40,9 +41,12 @@ INTERACTIONS_OUTPUT = "interactions"
 
 def _baseline() -> ModelFamily:
     from pipelines.jobs import evaluate_stage
+    from recsys.offline import BaselineScorerSource
     from recsys.tracking.retriever import FoldInRetriever
 
-    return ModelFamily("baseline", evaluate=evaluate_stage, retriever=FoldInRetriever())
+    return ModelFamily(
+        "baseline", evaluate=evaluate_stage, retriever=FoldInRetriever(), scorer=BaselineScorerSource()
+    )
 
 
 def _dlrm() -> ModelFamily:
@@ -70,6 +74,14 @@ FAMILIES: dict[str, Callable[[], ModelFamily]] = {
     "reclora": _reclora,
 }
 """``model.family`` -> the family's contract (imported on first use)."""
+
+
+def _scorer_loader(family: Callable[[], ModelFamily]) -> Callable[[], ScorerSource | None]:
+    return lambda: family().scorer
+
+
+for _name, _loader in FAMILIES.items():
+    register_scorer_source(_name, _scorer_loader(_loader))
 
 FAMILY_STAGES: dict[str, tuple[str, ...]] = {
     "baseline": (EVALUATE, INDEX),
@@ -120,6 +132,20 @@ def _family_stage(kind: str, cfg: Mapping[str, Any]) -> Callable[[Mapping[str, A
     function = getattr(family_of(cfg), kind)
     assert function is not None, f"FAMILY_STAGES lists {kind} for a family without that stage"
     return function  # type: ignore[no-any-return]
+
+
+def _candidate_folders(paths: RunPaths, cfg: Mapping[str, Any]) -> tuple[Path, ...]:
+    """The published models a candidate ranker reads (its retriever and score-feature models)."""
+    return tuple(retriever_folder(paths, n) for n in candidate_models(cfg["model"]))
+
+
+def _rerank_needs(paths: RunPaths, cfg: Mapping[str, Any]) -> tuple[Path, ...]:
+    retrievers = _candidate_folders(paths, cfg) or (paths.evaluate(_reranked(cfg)),)
+    return (paths.features / SPLIT_OUTPUT, paths.train(_model(cfg)), *retrievers)
+
+
+def _reranked(cfg: Mapping[str, Any]) -> str:
+    return reranked_retriever(cfg["model"], cfg["evaluation"])
 
 
 def _ingest(cfg: Mapping[str, Any]) -> StageResult:
@@ -220,7 +246,7 @@ STAGES: dict[str, Stage] = {
     TRAIN: Stage(
         TRAIN,
         reads=("model", "trainer", "evaluation", "index"),
-        needs=lambda p, c: (p.features / SPLIT_OUTPUT,),
+        needs=lambda p, c: (p.features / SPLIT_OUTPUT, *_candidate_folders(p, c)),
         publishes=_train_outputs,
         run=_train,
     ),
@@ -234,12 +260,8 @@ STAGES: dict[str, Stage] = {
     RERANK: Stage(
         RERANK,
         reads=("model", "evaluation"),
-        needs=lambda p, c: (
-            p.features / SPLIT_OUTPUT,
-            p.train(_model(c)),
-            p.evaluate(str(c["evaluation"]["rerank_retriever"])),
-        ),
-        publishes=lambda p, c: (p.rerank(_model(c), str(c["evaluation"]["rerank_retriever"])),),
+        needs=_rerank_needs,
+        publishes=lambda p, c: (p.rerank(_model(c), _reranked(c)),),
         run=_rerank,
     ),
 }

@@ -8,7 +8,7 @@ The model is fitted on train only. Users without a truth item in a split are not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from recsys.stage import PublishedVectors
 from recsys.tables import read_arrow
 
 EVALUATE_STAGE = "evaluate"
+BASELINE_FAMILY = "baseline"
 ITEM_VECTORS = "item_vectors.npy"
 USER_VECTORS = "user_vectors.npy"
 RESERVED_ITEMS = np.array([PADDING_INDEX, OOV_INDEX], dtype=np.int64)
@@ -104,6 +105,10 @@ class EvaluateResult:
     data: InteractionData
     scorer: HistoryScorer
     splits: dict[str, SplitEvaluation] = field(default_factory=dict)
+    # A baseline's composed ``model`` group and seed: enough to refit it on the same features
+    # (:class:`BaselineScorerSource`); None for models that publish their weights instead.
+    model_config: dict[str, Any] | None = None
+    seed: int = 0
 
 
 def evaluate_scorer(
@@ -202,6 +207,15 @@ def write_evaluation(result: EvaluateResult, folder: Path, model_version: str, r
                     "model_version": model_version,
                     "run_id": run_id,
                     "eval_set": result.data.eval_set,
+                    **(
+                        {}
+                        if result.model_config is None
+                        else {
+                            "family": BASELINE_FAMILY,
+                            "model_config": result.model_config,
+                            "seed": result.seed,
+                        }
+                    ),
                 },
             ),
         )
@@ -214,7 +228,7 @@ def fit_and_evaluate(cfg: Mapping[str, Any], features: Path) -> EvaluateResult:
     scorer = build_baseline(model_cfg, int(cfg["seed"]))
     with step(f"fit {scorer.name} on {data.matrices['train'].nnz:,} train interactions"):
         scorer.fit(data.matrices["train"])
-    result = EvaluateResult(scorer.name, data, scorer)
+    result = EvaluateResult(scorer.name, data, scorer, model_config=dict(model_cfg), seed=int(cfg["seed"]))
     with step(f"full-ranking evaluation over {data.num_items - FIRST_INDEX:,} items"):
         result.splits = evaluate_scorer(scorer, data, cfg["evaluation"])
     return result
@@ -254,3 +268,45 @@ def read_published_vectors(folder: Path) -> PublishedVectors:
         run_id=str(info.extra["run_id"]),
         eval_set=str(info.extra["eval_set"]),
     )
+
+
+def histories_matrix(histories: Sequence[np.ndarray], num_items: int) -> sp.csr_matrix:
+    """``[U, N]`` 0/1 matrix of ``U`` histories (item-index arrays): the input of a fold-in scorer."""
+    lengths = np.array([len(h) for h in histories], dtype=np.int64)
+    rows = np.repeat(np.arange(len(histories), dtype=np.int64), lengths)
+    cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else rows
+    ones = np.ones(rows.size, dtype=np.float32)
+    matrix = sp.csr_matrix((ones, (rows, cols)), shape=(len(histories), num_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+@dataclass
+class FittedBaseline:
+    """A baseline refitted on the snapshot's train split, scoring item-index histories."""
+
+    scorer: HistoryScorer
+    num_items: int
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return np.asarray(self.scorer.score(histories_matrix(histories, self.num_items)), dtype=np.float32)
+
+
+class BaselineScorerSource:
+    """The baseline family's :class:`recsys.stage.ScorerSource`: a baseline publishes metrics, not weights,
+    so it is refitted on the train split from the ``model_config`` and ``seed`` its manifest recorded (the
+    fit is deterministic, so this is the model ``recsys evaluate`` evaluated)."""
+
+    def load(self, folder: Path, features: Path) -> FittedBaseline:
+        extra = read_manifest(folder).extra
+        if "model_config" not in extra:
+            raise InputError(
+                f"{folder / 'manifest.json'}: no model_config recorded (published by an older version); "
+                f"rerun `recsys evaluate model={extra.get('model', '<name>')}`."
+            )
+        data = load_interactions(features)
+        scorer = build_baseline(extra["model_config"], int(extra.get("seed", 0)))
+        with step(f"refit {scorer.name} on {data.matrices['train'].nnz:,} train interactions"):
+            scorer.fit(data.matrices["train"])
+        return FittedBaseline(scorer, data.num_items)

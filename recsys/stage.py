@@ -7,7 +7,7 @@ the stage's success marker and the report.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,6 +69,24 @@ class Retriever(Protocol):
         ...
 
 
+class SequenceScorer(Protocol):
+    """Scores the whole catalog for users given only their histories: what a two-stage recommender needs
+    from its retriever to build candidate lists at any point in time (the history strictly before it)."""
+
+    def score(self, histories: Sequence[Any]) -> Any:
+        """``[U, N]`` float32 scores (higher is better) of every item index for ``U`` histories, each an
+        int64 array of item indices, oldest first. Reserved indices and seen items are not masked here."""
+        ...
+
+
+class ScorerSource(Protocol):
+    """How a family turns one published model folder into a :class:`SequenceScorer`."""
+
+    def load(self, folder: Path, features: Path) -> SequenceScorer:
+        """The scorer of the model published in ``folder``, over the features snapshot ``features``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     """The surface every model family exposes; a stage a family does not have is ``None``.
@@ -80,6 +98,8 @@ class ModelFamily:
             ``evaluate/<model>``.
         retriever: how ``recsys index`` reads its user and item vectors and logs its retriever pyfunc.
         rerank: the ``rerank`` stage of a ranker: re-rank a retriever's candidates (two-stage metrics).
+        scorer: how a published model of the family scores histories, when it can retrieve candidates for
+            a two-stage recommender.
     """
 
     name: str
@@ -87,3 +107,4 @@ class ModelFamily:
     evaluate: StageFunction | None = None
     retriever: Retriever | None = None
     rerank: StageFunction | None = None
+    scorer: ScorerSource | None = None

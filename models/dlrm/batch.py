@@ -23,6 +23,9 @@ class CTRBatch:
     # [B] float32 raw ratings, NaN where a row has none (sampled negatives); only read for
     # model.objective=ordinal, None otherwise.
     ratings: torch.Tensor | None = None
+    # [B] int64 user index of each row when the rows carry one: evaluation groups rows by it (GAUC, the
+    # per-list NDCG of a candidate ranker) even when user_idx is not a sparse feature of the model.
+    groups: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> CTRBatch:
         return CTRBatch(
@@ -32,11 +35,14 @@ class CTRBatch:
             ratings=None
             if self.ratings is None
             else self.ratings.to(device=device, non_blocking=non_blocking),
+            groups=self.groups,
         )
 
     def pin_memory(self) -> CTRBatch:
         ratings = None if self.ratings is None else self.ratings.pin_memory()
-        return CTRBatch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory(), ratings)
+        return CTRBatch(
+            self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory(), ratings, self.groups
+        )
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.dense.record_stream(stream)

@@ -17,7 +17,8 @@ from recsys.errors import ConfigError
 
 POOLINGS = ("sum", "mean")
 INTERACTIONS = ("dot", "dcn")
-OBJECTIVES = ("binary", "ordinal")
+OBJECTIVES = ("binary", "ordinal", "listwise")
+TASKS = ("ctr", "candidates")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,24 @@ class ShardingConfig:
 
 
 @dataclass(frozen=True)
+class CandidatesConfig:
+    """``model.candidates`` of a ranker trained on its retriever's candidate lists (``task: candidates``).
+
+    Attributes:
+        retriever: the published model whose top-``k`` lists the ranker re-orders (``evaluate/<name>`` or
+            ``train/<name>`` of the snapshot).
+        k: candidates per list.
+        holdout_fraction: share of the valid users whose lists validate the ranker instead of training it.
+        score_features: other published models whose scores of each candidate are ranker features.
+    """
+
+    retriever: str
+    k: int
+    holdout_fraction: float
+    score_features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DLRMConfig:
     """``conf/model/dlrm.yaml`` (and the confs that inherit it: ``dlrm_criteo``, ``dcn``,
     ``reclora``'s ``conventional.dlrm``); see the yaml for what each value means."""
@@ -158,6 +177,12 @@ class DLRMConfig:
     sigterm_broadcast_every_n_steps: int = 1
     # Fixed glibc malloc thresholds of the training processes (None = glibc's dynamic defaults).
     malloc: MallocSettings | None = None
+    # ctr: the features stage's CTR samples (liked vs not among rated items). candidates: the lists of a
+    # retriever (engaged item vs the other candidates), built by models/dlrm/candidates.py.
+    task: str = "ctr"
+    candidates: CandidatesConfig | None = None
+    # Validation metric that picks the best epoch and drives early stopping (test/... is the promotion gate).
+    monitor: str = "val/auc"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -190,10 +215,31 @@ class DLRMConfig:
     def identity_features(self) -> tuple[str, ...]:
         return tuple(self.dense_features.identity)
 
+    @property
+    def list_size(self) -> int | None:
+        """Rows per candidate list when batches must hold whole lists (the listwise objective), else None."""
+        if self.objective == "listwise" and self.candidates is not None:
+            return self.candidates.k
+        return None
+
     def validate(self) -> None:
         """The checks no type can express (run on construction, so every instance passed them)."""
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"model.objective={self.objective!r}; choose one of {OBJECTIVES}.")
+        if self.task not in TASKS:
+            raise ConfigError(f"model.task={self.task!r}; choose one of {TASKS}.")
+        if self.task == "candidates" and self.candidates is None:
+            raise ConfigError(
+                "model.task=candidates needs model.candidates, e.g. {retriever: sasrec, k: 100, "
+                "holdout_fraction: 0.2}."
+            )
+        if self.objective == "listwise" and self.task != "candidates":
+            raise ConfigError("model.objective=listwise needs model.task=candidates (lists to rank).")
+        if self.list_size is not None and self.batch_size % self.list_size:
+            raise ConfigError(
+                f"model.batch_size={self.batch_size} must be a multiple of model.candidates.k="
+                f"{self.list_size}: a listwise batch holds whole lists."
+            )
         if self.objective == "ordinal" and not self.ordinal_cuts:
             raise ConfigError(
                 "model.objective=ordinal needs model.ordinal_cuts, the rating levels besides the label's "

@@ -32,7 +32,7 @@ from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from recsys.errors import ManifestError
 from recsys.manifest import MANIFEST_FILE, Manifest, read_manifest
-from recsys.schema import LABEL, OOV_INDEX, RATING, SPLIT
+from recsys.schema import LABEL, OOV_INDEX, RATING, SPLIT, USER_IDX
 from recsys.tables import parquet_files
 
 TRAIN_SPLIT = "train"
@@ -99,7 +99,12 @@ class CTRBatchBuilder:
         """
         self.check_columns(rows.schema.names)
         ratings = self._ratings(rows) if self.with_ratings else None
-        return CTRBatch(self._dense(rows), self._sparse(rows), self._labels(rows), ratings)
+        groups = (
+            torch.from_numpy(np.asarray(_combined(rows, USER_IDX).to_numpy(zero_copy_only=False), np.int64))
+            if USER_IDX in rows.schema.names
+            else None
+        )
+        return CTRBatch(self._dense(rows), self._sparse(rows), self._labels(rows), ratings, groups)
 
     def check_columns(self, available: list[str]) -> None:
         """Fail on the first configured column that is not in ``available``.
@@ -213,6 +218,8 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
         batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        # Candidate lists of a listwise ranker: rows are shuffled as blocks of this many (whole lists).
+        self.list_size = config.list_size
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, world_size={world_size}).")
         self.folder = folder
@@ -233,7 +240,10 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
             raise ManifestError(
                 f"{folder}: no Parquet files for split {split!r} (partition folder {SPLIT}={split}/)."
             )
-        self.builder.check_columns(pq.ParquetFile(self.files[0]).schema_arrow.names)
+        available = pq.ParquetFile(self.files[0]).schema_arrow.names
+        self.builder.check_columns(available)
+        if USER_IDX in available and USER_IDX not in self.columns:
+            self.columns.append(USER_IDX)  # evaluation groups rows by user (CTRBatch.groups)
         self.units: list[tuple[Path, int]] = []
         self.num_rows = 0
         for path in self.files:
@@ -300,7 +310,13 @@ class CTRIterableDataset(IterableDataset[CTRBatch]):
             )
 
     def _mixed(self, buffer: pa.Table, rng: np.random.Generator) -> pa.Table:
-        return buffer.take(rng.permutation(buffer.num_rows)) if self.shuffle else buffer
+        if not self.shuffle:
+            return buffer
+        if self.list_size is None:
+            return buffer.take(rng.permutation(buffer.num_rows))
+        lists = rng.permutation(buffer.num_rows // self.list_size)
+        rows = (lists[:, None] * self.list_size + np.arange(self.list_size)[None, :]).ravel()
+        return buffer.take(rows)
 
 
 def _nan_filled(column: pa.Array | pa.ChunkedArray) -> NDArray[np.float64]:

@@ -32,6 +32,8 @@ from recsys.metrics.classification import auc, gauc, log_loss
 USER_FEATURE = "user_idx"
 """KJT key whose id groups rows for GAUC (per-user AUC)."""
 NO_USER = -1
+LIST_NDCG = "ndcg_at_10"
+LIST_NDCG_K = 10
 NETWORK_SUFFIX = "_network"
 FACTORIZATION_SUFFIX = "_factorization"
 """With a factorization head, ``<stage>/auc<suffix>`` is each head's AUC alone beside the ranker's."""
@@ -169,6 +171,8 @@ class DLRMLitModule(pl.LightningModule):
         return loss, output.logits
 
     def _objective(self, logits: torch.Tensor, batch: CTRBatch) -> torch.Tensor:
+        if self.cfg.list_size is not None:
+            return listwise_loss(logits, batch.labels, self.cfg.list_size)
         if self.cfg.objective != "ordinal":
             return F.binary_cross_entropy_with_logits(logits, batch.labels)
         if batch.ratings is None or self.cut_levels is None or self.cut_shifts is None:
@@ -211,7 +215,9 @@ class DLRMLitModule(pl.LightningModule):
 
     def _collect(self, stage: str, batch: CTRBatch) -> None:
         output: RankerOutput = self._dmp()(batch, heads=True)
-        if USER_FEATURE in set(batch.sparse.keys()):
+        if batch.groups is not None:
+            users = batch.groups
+        elif USER_FEATURE in set(batch.sparse.keys()):
             users = first_ids(batch.sparse, USER_FEATURE)
         else:
             users = torch.full_like(batch.labels, NO_USER, dtype=torch.int64)
@@ -240,6 +246,9 @@ class DLRMLitModule(pl.LightningModule):
         outputs = self._eval_outputs.pop(stage, [])
         logits, labels, users = gather_eval_outputs(outputs, columns=1 + len(head_suffixes))
         metrics = classification_metrics(logits[:, 0], labels, users)
+        if self.cfg.task == "candidates":
+            # one list per user and split: the ranking quality the two-stage stage reports
+            metrics[LIST_NDCG] = grouped_ndcg(logits[:, 0], labels, users, LIST_NDCG_K)
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, sync_dist=False)
         for column, suffix in enumerate(head_suffixes, start=1):
@@ -258,6 +267,45 @@ class DLRMLitModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dlrm_plan"] = None if self.plan is None else str(self.plan)
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, list_size: int) -> torch.Tensor:
+    """Softmax cross-entropy over each candidate list (ListNet with the engaged items as the target).
+
+    ``[B]`` logits and 0/1 labels hold ``B / list_size`` whole lists; each list's target distribution is
+    uniform over its positives, and lists without a positive add nothing. Unlike pointwise BCE, the loss
+    only cares about the order within a list, which is all the two-stage recommender uses.
+    """
+    scores = logits.view(-1, list_size)
+    targets = labels.view(-1, list_size)
+    positives = targets.sum(dim=1)
+    per_list = -(targets * F.log_softmax(scores, dim=1)).sum(dim=1) / positives.clamp(min=1.0)
+    has_positive = positives > 0
+    if not bool(has_positive.any()):
+        return scores.sum() * 0.0
+    return per_list[has_positive].mean()
+
+
+def grouped_ndcg(
+    scores: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], groups: np.ndarray[Any, Any], k: int
+) -> float:
+    """Mean NDCG@k of the groups (lists) with a positive, each ordered by descending score (binary gains)."""
+    if labels.size == 0:
+        return float("nan")
+    order = np.lexsort((-scores, groups))
+    groups, labels = groups[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], groups.size]
+    discounts = 1.0 / np.log2(np.arange(k) + 2.0)
+    values = []
+    for start, end in zip(starts, ends, strict=True):
+        gains = labels[start:end]
+        positives = int(gains.sum())
+        if positives == 0:
+            continue
+        dcg = float((gains[:k] * discounts[: min(k, end - start)]).sum())
+        values.append(dcg / float(discounts[: min(k, positives)].sum()))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def gather_eval_outputs(

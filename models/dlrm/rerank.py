@@ -21,9 +21,9 @@ Protocol, per test user (a user with at least one test item):
 
 Both orders are scored with ``recsys.evaluation.evaluate_ranking`` against the user's test items.
 
-:func:`rerank_stage` is the ``rerank`` stage: it reads the ranker ``recsys train`` published under
-``train/<model>``, logs the two-stage metrics to its own MLflow run and publishes both orders' metric tables
-under ``rerank/<model>-<retriever>``.
+``models.dlrm.two_stage.rerank_stage`` is the ``rerank`` stage: it reads the ranker ``recsys train``
+published under ``train/<model>``, logs the two-stage metrics to its own MLflow run and publishes both
+orders' metric tables under ``rerank/<model>-<retriever>``.
 """
 
 from __future__ import annotations
@@ -43,13 +43,11 @@ import torch
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
-from recsys.console import print_table, step
 from recsys.evaluation import evaluate_ranking, full_ranking_topk
-from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
+from recsys.manifest import Manifest, publish_atomically, write_manifest
 from recsys.offline import ITEM_VECTORS, RESERVED_ITEMS, load_interactions
 from recsys.paths import RERANK, RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_ID, ITEM_IDX, LABEL, RATING, SPLIT, TIMESTAMP, USER_IDX
-from recsys.stage import StageResult
 from recsys.tables import read_arrow
 from recsys.tracking.keys import ALL_USERS
 
@@ -355,44 +353,19 @@ def two_stage_evaluation(cfg: Mapping[str, Any], module: Ranker, retriever: str)
 
 
 def two_stage_metrics(result: TwoStageResult) -> dict[str, float]:
-    """The stage's key numbers (MLflow keys)."""
+    """The stage's key numbers (MLflow keys): both orders' NDCG@10 and recall@10 (@K when the lists are
+    shorter) and the candidates' recall (ceiling)."""
+    cut = min(HEADLINE_K, result.candidates.shape[1])
     return {
         "two_stage/retrieval_ndcg_at_10": result.retrieval_ndcg_at_10,
         "two_stage/reranked_ndcg_at_10": result.reranked_ndcg_at_10,
         "two_stage/candidate_recall": result.candidate_recall,
+        "two_stage/retrieval_recall_at_10": headline(result.retrieval_metrics, RECALL, cut),
+        "two_stage/reranked_recall_at_10": headline(result.reranked_metrics, RECALL, cut),
     }
 
 
-def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
-    """The ``rerank`` stage: the published ranker re-orders ``evaluation.rerank_retriever``'s candidates.
-
-    Logs the two-stage metrics to its own MLflow run and publishes both orders' metric tables (column
-    ``order``: ``retrieval`` / ``reranked``) under ``rerank/<model>-<retriever>``.
-    """
-    from models.dlrm.pyfunc import load_published_ranker
-    from recsys.tracking.runs import log_metrics, tracked_run
-
-    paths = RunPaths.from_cfg(cfg)
-    model, retriever = str(cfg["model"]["name"]), str(cfg["evaluation"]["rerank_retriever"])
-    ranker_folder = paths.train(model)
-    ranker = load_published_ranker(ranker_folder)
-    ranker_run = str(read_manifest(ranker_folder).extra.get("run_id", ""))
-    tags = {"model": model, "stage": RERANK, "retriever": retriever, "ranker_run_id": ranker_run}
-    with tracked_run(cfg, run_name=f"{RERANK}-{model}-{retriever}", tags=tags) as run:
-        with step(f"re-rank {retriever}'s top {cfg['evaluation']['candidates_k']} candidates with {model}"):
-            result = two_stage_evaluation(cfg, ranker, retriever)
-        metrics = two_stage_metrics(result)
-        log_metrics(metrics)
-        out = _publish(paths.rerank(model, retriever), result, model, retriever, run.info.run_id)
-    print_table(
-        f"{model}: re-ranked {retriever} candidates (test)",
-        ["metric", "value"],
-        [(k, f"{v:.4f}") for k, v in metrics.items()],
-    )
-    return StageResult(metrics, run.info.run_id, (out,))
-
-
-def _publish(folder: Path, result: TwoStageResult, model: str, retriever: str, run_id: str) -> Path:
+def publish_two_stage(folder: Path, result: TwoStageResult, model: str, retriever: str, run_id: str) -> Path:
     import pyarrow.parquet as pq
 
     table = pd.concat(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,17 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from models.common.trainer import build_trainer
+from models.dlrm.candidates import write_ranker_dataset
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRDataModule
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.pyfunc import full_state_from_checkpoint, log_dlrm, save_artifacts
-from models.dlrm.rerank import rerank_stage
 from models.dlrm.strategy import TorchRecStrategy
+from models.dlrm.two_stage import rerank_stage
 from recsys.allocator import apply_malloc_settings
 from recsys.config import typed
 from recsys.console import print_table
-from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
+from recsys.manifest import MANIFEST_FILE, Manifest, publish_atomically, read_manifest, write_manifest
 from recsys.paths import TRAIN, RunPaths
 from recsys.settings import TrainerConfig
 from recsys.stage import ModelFamily, StageResult
@@ -34,9 +36,10 @@ from recsys.tracking.registry import Registration, register_and_gate
 from recsys.tracking.runs import lightning_logger, log_metrics, tracked_run
 
 CTR_OUTPUT = "ctr"
-PROMOTION_METRIC = "test/auc"
-MONITOR = "val/auc"
-"""Validation metric that picks the best epoch (restored before testing) and drives early stopping."""
+CANDIDATES_OUTPUT = "candidates"
+"""Scratch folder (under ``_work/train/<model>``) of a candidate ranker's lists."""
+DATASET_WAIT_SECONDS = 1800
+"""How long a non-zero rank waits for rank 0 to publish the candidate lists."""
 # Rows of the CTR output stored as the pyfunc's input example.
 EXAMPLE_ROWS = 5
 FINAL_CHECKPOINT = "final"
@@ -73,10 +76,27 @@ def train_stage(cfg: Mapping[str, Any]) -> StageResult:
     return StageResult(metrics, result.run_id or None, outputs)
 
 
+def training_rows(cfg: Mapping[str, Any], paths: RunPaths, model_cfg: DLRMConfig) -> Path:
+    """The folder of rows the ranker trains on: the features' CTR samples, or (``task: candidates``) the
+    retriever's candidate lists, built by rank 0 into the model's scratch folder (the other ranks wait)."""
+    if model_cfg.task != "candidates":
+        return paths.features / CTR_OUTPUT
+    folder = paths.work(TRAIN, model_cfg.name) / CANDIDATES_OUTPUT
+    if launch_rank() == 0:
+        return write_ranker_dataset(cfg, model_cfg, folder)
+    deadline = time.monotonic() + DATASET_WAIT_SECONDS
+    while not (folder / MANIFEST_FILE).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{folder}: rank 0 did not publish the candidate lists in time.")
+        time.sleep(1.0)
+    return folder
+
+
 def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     paths = RunPaths.from_cfg(cfg)
-    folder = paths.features / CTR_OUTPUT
     model_cfg = typed(DLRMConfig, cfg["model"], "model")
+    folder = training_rows(cfg, paths, model_cfg)
+    monitor = model_cfg.monitor
     # Every rank runs this (Lightning's own launcher reruns the command per rank), before any big tensor.
     apply_malloc_settings(model_cfg.malloc)
     pl.seed_everything(int(cfg["seed"]), workers=True)
@@ -95,11 +115,11 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         run_id = run.info.run_id if run is not None else ""
         logger = lightning_logger(cfg, run_id) if run is not None else False
         checkpoints = checkpoint_dir(paths, model_cfg)
-        best = ModelCheckpoint(dirpath=checkpoints, monitor=MONITOR, mode="max", save_top_k=1)
+        best = ModelCheckpoint(dirpath=checkpoints, monitor=monitor, mode="max", save_top_k=1)
         callbacks: list[pl.Callback] = [ReshuffleEachEpoch(datamodule), best]
         if model_cfg.early_stopping_patience is not None:
             callbacks.append(
-                EarlyStopping(monitor=MONITOR, mode="max", patience=model_cfg.early_stopping_patience)
+                EarlyStopping(monitor=monitor, mode="max", patience=model_cfg.early_stopping_patience)
             )
         trainer = build_trainer(
             trainer_cfg,
@@ -117,9 +137,10 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         [test] = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         metrics = {str(k): float(v) for k, v in test.items()}
         if best.best_model_score is not None:
-            metrics["best/val_auc"] = float(best.best_model_score)
+            best_key = "best/" + monitor.replace("/", "_")
+            metrics[best_key] = float(best.best_model_score)
             if run is not None:
-                log_metrics({"best/val_auc": metrics["best/val_auc"]})
+                log_metrics({best_key: metrics[best_key]})
         rows = [(k, f"{v:.4f}") for k, v in sorted(metrics.items())]
         weights: DLRMLitModule | dict[str, Any] | None = module
         if trainer.world_size > 1:
@@ -169,7 +190,12 @@ def _register(
     manifest = read_manifest(folder)
     eval_set = f"{manifest.source_fingerprint[:16]}-{manifest.config_hash[:16]}"
     name = f"{cfg['prefix']}-{model_cfg.name}"
-    return register_and_gate(info.model_uri, name, run_id, PROMOTION_METRIC, eval_set)
+    return register_and_gate(info.model_uri, name, run_id, promotion_metric(model_cfg), eval_set)
+
+
+def promotion_metric(model_cfg: DLRMConfig) -> str:
+    """The gate compares challengers on the test value of the metric that picked their best epoch."""
+    return model_cfg.monitor.replace("val/", "test/", 1)
 
 
 def _publish(

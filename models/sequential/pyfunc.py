@@ -153,3 +153,42 @@ def log_retriever_for_index(
 ) -> ModelInfo:
     """``recsys index`` hook: the retriever pyfunc of a published sequential evaluation folder."""
     return log_sequential(evaluated / MODEL_DIR, index_dir, item_ids, k, example_history, "retriever")
+
+
+class SequenceModelScorer:
+    """A published SASRec / Molar as a :class:`recsys.stage.SequenceScorer`: the network encodes the newest
+    ``max_len`` items of each history, scored against the published item vectors (the space the FAISS index
+    serves), so candidates equal those of an exact (flat) index."""
+
+    def __init__(self, folder: Path, batch_size: int = 256) -> None:
+        self.cfg, self.network = load_network(
+            folder / MODEL_DIR / CONFIG_FILE, folder / MODEL_DIR / STATE_FILE
+        )
+        self.item_vectors = np.load(folder / "item_vectors.npy").astype(np.float32)
+        self.batch_size = batch_size
+
+    def _padded(self, histories: list[np.ndarray]) -> np.ndarray:
+        length = self.cfg.max_len
+        out = np.full((len(histories), length), PADDING_INDEX, dtype=np.int64)
+        for row, items in enumerate(histories):
+            tail = np.asarray(items, dtype=np.int64)[-length:]
+            if tail.size:
+                out[row, length - tail.size :] = tail
+        return out
+
+    def score(self, histories: Any) -> np.ndarray:
+        rows = list(histories)
+        parts = [np.zeros((0, self.item_vectors.shape[0]), dtype=np.float32)]
+        with torch.no_grad():
+            for start in range(0, len(rows), self.batch_size):
+                padded = torch.from_numpy(self._padded(rows[start : start + self.batch_size]))
+                users = self.network.user_vectors(padded).float().numpy()
+                parts.append(users @ self.item_vectors.T)
+        return np.concatenate(parts)
+
+
+class SequenceScorerSource:
+    """The sequential family's :class:`recsys.stage.ScorerSource` (the folder ``recsys train`` publishes)."""
+
+    def load(self, folder: Path, features: Path) -> SequenceModelScorer:
+        return SequenceModelScorer(folder)

@@ -33,7 +33,13 @@ from models.sequential.data import SequenceData, SequenceDataModule, load_sequen
 from models.sequential.evaluate import RankingEvaluator, few_interactions_bucket
 from models.sequential.module import VALIDATION_METRIC, BestWeights, SequentialLitModule
 from models.sequential.network import MolarNet, SASRec, build_network, encode_users
-from models.sequential.pyfunc import MODEL_DIR, log_retriever_for_index, log_sequential, save_model
+from models.sequential.pyfunc import (
+    MODEL_DIR,
+    SequenceScorerSource,
+    log_retriever_for_index,
+    log_sequential,
+    save_model,
+)
 from recsys.config import typed
 from recsys.console import console, print_table, step
 from recsys.manifest import publish_atomically, read_manifest, write_manifest
@@ -366,5 +372,8 @@ class SequentialRetrieverSource:
         return log_retriever_for_index(vectors.folder, index_dir, item_ids, k, example)
 
 
-FAMILY = ModelFamily("sequential", train=train_stage, retriever=SequentialRetrieverSource())
-"""SASRec and Molar: ``train`` publishes their vectors; ``recsys index`` serves them."""
+FAMILY = ModelFamily(
+    "sequential", train=train_stage, retriever=SequentialRetrieverSource(), scorer=SequenceScorerSource()
+)
+"""SASRec and Molar: ``train`` publishes their vectors; ``recsys index`` serves them; a two-stage
+recommender retrieves candidates with them."""

@@ -48,3 +48,32 @@ def popularity_vs_coverage(tables: dict[str, pd.DataFrame], k: int, path: Path) 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def two_stage_bars(rows: dict[str, dict[str, float]], path: Path) -> Path:
+    """Per two-stage stage: retrieval-only vs re-ranked NDCG@10 and recall@10, beside the candidates'
+    recall@K (the most any re-ranking of those lists can reach), as grouped bars."""
+    series = (
+        ("retrieval NDCG@10", "two_stage/retrieval_ndcg_at_10"),
+        ("re-ranked NDCG@10", "two_stage/reranked_ndcg_at_10"),
+        ("retrieval recall@10", "two_stage/retrieval_recall_at_10"),
+        ("re-ranked recall@10", "two_stage/reranked_recall_at_10"),
+        ("candidate recall@K (ceiling)", "two_stage/candidate_recall"),
+    )
+    names = list(rows)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(names)), 4))
+    for offset, (label, key) in enumerate(series):
+        values = [rows[name].get(key, float("nan")) for name in names]
+        positions = [i + (offset - (len(series) - 1) / 2) * width for i in range(len(names))]
+        bars = ax.bar(positions, values, width=width, label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("test value")
+    ax.set_title("Two-stage: retrieval vs re-ranked (test)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

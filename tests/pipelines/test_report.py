@@ -163,9 +163,13 @@ def test_report_of_a_pipeline_with_a_rerank_stage(tmp_path: Path) -> None:
 
     markdown = (folder / "report.md").read_text()
     assert "| puresvd | evaluate_puresvd | 0.2500 | 0.1250 |" in markdown
-    for key, value in two_stage.items():
-        assert f"| rerank_dlrm | {key} | {value:.4f} |" in markdown
+    # the two-stage section puts retrieval-only, re-ranked and the ceiling side by side, with the gain
+    assert "## Two-stage: retrieval vs re-ranked" in markdown
+    assert "| rerank_dlrm | 0.2500 | 0.3500 |  |  | 0.6000 | 1.400x |" in markdown
+    assert "| rerank_dlrm | two_stage/" not in markdown  # not repeated among the other stages
     assert (folder / "plots" / "evaluate_puresvd_at_k.png").stat().st_size > 0
+    assert (folder / "plots" / "two_stage.png").stat().st_size > 0
+    assert 'src="plots/two_stage.png"' in (folder / "report.html").read_text()
     logged = (
         MlflowClient(tracking_uri=str(cfg["tracking"]["tracking_uri"])).get_run(pipeline_run).data.metrics
     )

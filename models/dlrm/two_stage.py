@@ -1,0 +1,118 @@
+"""The ``rerank`` stage: a published ranker re-orders its retriever's top-K lists on the test split, and the
+stage logs, for that retriever, the retrieval-only metrics, the re-ranked metrics and the upper bound (the
+candidates' recall).
+
+Two kinds of ranker are evaluated the same way (``recsys.evaluation.evaluate_ranking`` over every test user,
+the users whose test items were not retrieved included):
+
+- a candidate ranker (``model.task: candidates``) re-ranks the lists of its own retriever
+  (``model.candidates.retriever``), built exactly as its training lists were (``models.dlrm.candidates``);
+- a CTR ranker (``task: ctr``) re-ranks ``evaluation.rerank_retriever``'s lists with point-in-time CTR rows
+  (``models.dlrm.rerank``), the protocol that shows why a ranker must be trained on the candidate task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from models.dlrm.candidates import build_candidate_set, candidate_recall, labelled_events
+from models.dlrm.config import DLRMConfig
+from models.dlrm.rerank import (
+    HEADLINE_K,
+    NDCG,
+    Ranker,
+    TwoStageResult,
+    headline,
+    publish_two_stage,
+    rerank,
+    score_rows,
+    two_stage_evaluation,
+    two_stage_metrics,
+)
+from recsys.console import print_table, step
+from recsys.evaluation import evaluate_ranking
+from recsys.manifest import read_manifest
+from recsys.offline import load_interactions
+from recsys.paths import RERANK, RunPaths
+from recsys.schema import FIRST_INDEX
+from recsys.scoring import reranked_retriever
+from recsys.stage import StageResult
+
+TEST_SPLIT = "test"
+
+
+def candidate_two_stage(cfg: Mapping[str, Any], ranker: Ranker) -> TwoStageResult:
+    """The test lists of the ranker's retriever, re-ranked by the ranker's scores, both orders evaluated."""
+    model_cfg: DLRMConfig = ranker.cfg
+    paths = RunPaths.from_cfg(cfg)
+    events = labelled_events(paths.features, float(cfg["features"]["ctr"]["rating_threshold"]))
+    lists = build_candidate_set(cfg, model_cfg, events, TEST_SPLIT)
+    with step(f"score {lists.rows.num_rows:,} test candidate rows with {model_cfg.name}"):
+        flat = score_rows(ranker, lists.rows, paths.features, model_cfg.batch_size)
+    candidates = lists.retrieved.items
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    scores[lists.valid] = flat
+    reranked = rerank(candidates, scores)
+    data = load_interactions(paths.features)
+    truth = data.matrices[TEST_SPLIT][lists.queries.users]
+    k = candidates.shape[1]
+    cut = min(HEADLINE_K, k)
+    ks = sorted({*(int(x) for x in cfg["evaluation"]["ks"] if int(x) <= k), cut, k})
+    common: dict[str, Any] = {
+        "item_popularity": data.item_popularity,
+        "num_items": data.num_items - FIRST_INDEX,
+    }
+    retrieval_metrics = evaluate_ranking(candidates, truth, ks, **common)
+    reranked_metrics = evaluate_ranking(reranked, truth, ks, **common)
+    return TwoStageResult(
+        users=lists.queries.users,
+        timestamps=lists.queries.times,
+        candidates=candidates,
+        reranked=reranked,
+        ranker_scores=scores,
+        retrieval_metrics=retrieval_metrics,
+        reranked_metrics=reranked_metrics,
+        retrieval_ndcg_at_10=headline(retrieval_metrics, NDCG, cut),
+        reranked_ndcg_at_10=headline(reranked_metrics, NDCG, cut),
+        candidate_recall=candidate_recall(lists),
+    )
+
+
+def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
+    """The ``rerank`` stage: logs the two-stage metrics to its own MLflow run and publishes both orders'
+    metric tables (column ``order``: ``retrieval`` / ``reranked``) under ``rerank/<model>-<retriever>``."""
+    from models.dlrm.pyfunc import load_published_ranker
+    from recsys.tracking.runs import log_metrics, tracked_run
+
+    paths = RunPaths.from_cfg(cfg)
+    model = str(cfg["model"]["name"])
+    ranker_folder = paths.train(model)
+    ranker = load_published_ranker(ranker_folder)
+    retriever = reranked_retriever(cfg["model"], cfg["evaluation"])
+    ranker_run = str(read_manifest(ranker_folder).extra.get("run_id", ""))
+    tags = {"model": model, "stage": RERANK, "retriever": retriever, "ranker_run_id": ranker_run}
+    with tracked_run(cfg, run_name=f"{RERANK}-{model}-{retriever}", tags=tags) as run:
+        if ranker.cfg.task == "candidates":
+            result = candidate_two_stage(cfg, ranker)
+        else:
+            k = cfg["evaluation"]["candidates_k"]
+            with step(f"re-rank {retriever}'s top {k} candidates with {model}"):
+                result = two_stage_evaluation(cfg, ranker, retriever)
+        metrics = two_stage_metrics(result)
+        log_metrics(metrics)
+        out = publish_two_stage(paths.rerank(model, retriever), result, model, retriever, run.info.run_id)
+    gain = (
+        result.reranked_ndcg_at_10 / result.retrieval_ndcg_at_10
+        if result.retrieval_ndcg_at_10
+        else float("nan")
+    )
+    rows = [(k, f"{v:.4f}") for k, v in metrics.items()] + [("re-ranked / retrieval NDCG@10", f"{gain:.3f}x")]
+    print_table(
+        f"{model}: re-ranked {retriever} candidates (test, {len(result.users):,} users)",
+        ["metric", "value"],
+        rows,
+    )
+    return StageResult(metrics, run.info.run_id, (out,))

@@ -1,0 +1,72 @@
+"""Retrievers as history scorers, looked up by the family that published them.
+
+A two-stage recommender asks its retriever for candidates at points in time it chooses (a validation event,
+a test event, a served request), from the history before that point. Each family says how its published
+folder becomes a :class:`recsys.stage.SequenceScorer`; the registry maps ``model.family`` to that source
+and is filled by the application layer (``pipelines.stages``), so the core imports no family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import ConfigError, InputError
+from recsys.manifest import MANIFEST_FILE, read_manifest
+from recsys.paths import RunPaths
+from recsys.stage import ScorerSource, SequenceScorer
+
+_SOURCES: dict[str, Callable[[], ScorerSource | None]] = {}
+
+
+def register_scorer_source(family: str, loader: Callable[[], ScorerSource | None]) -> None:
+    """Make ``family``'s published models usable as retrievers (``loader`` imports the family lazily)."""
+    _SOURCES[family] = loader
+
+
+def retriever_folder(paths: RunPaths, name: str) -> Path:
+    """Where retriever ``name`` is published: ``train/<name>`` (trained families) when that has a manifest,
+    else ``evaluate/<name>`` (baselines), the folder a missing-input message then names."""
+    trained = paths.train(name)
+    return trained if (trained / MANIFEST_FILE).is_file() else paths.evaluate(name)
+
+
+def candidate_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The published models a candidate ranker (``task: candidates``) reads: its retriever, then its
+    score-feature models; none for any other model."""
+    candidates = model_cfg.get("candidates")
+    if model_cfg.get("task") != "candidates" or not candidates:
+        return ()
+    names = [str(candidates["retriever"]), *(str(n) for n in candidates.get("score_features") or ())]
+    return tuple(dict.fromkeys(names))
+
+
+def reranked_retriever(model_cfg: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
+    """The retriever whose lists a ranker's ``rerank`` stage re-orders: a candidate ranker's own, else
+    ``evaluation.rerank_retriever``."""
+    own = candidate_models(model_cfg)
+    return own[0] if own else str(evaluation["rerank_retriever"])
+
+
+def load_retriever_scorer(paths: RunPaths, name: str) -> SequenceScorer:
+    """The scorer of the published retriever ``name`` of this snapshot.
+
+    Raises:
+        InputError: nothing is published under that name (the message names the command that makes it).
+        ConfigError: the published model's family cannot score histories.
+    """
+    folder = retriever_folder(paths, name)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise InputError(
+            f"retriever {name!r}: neither {paths.train(name)} nor {folder} is published; run "
+            f"`recsys evaluate model={name}` (baselines) or `recsys train model={name}` first."
+        )
+    family = str(read_manifest(folder).extra.get("family", ""))
+    source = _SOURCES[family]() if family in _SOURCES else None
+    if source is None:
+        raise ConfigError(
+            f"{folder / MANIFEST_FILE}: retriever {name!r} has family {family!r}, which cannot score "
+            f"histories; retrievers come from the families {sorted(_SOURCES)}."
+        )
+    return source.load(folder, paths.features)
