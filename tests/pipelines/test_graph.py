@@ -172,6 +172,9 @@ def test_every_shipped_pipeline_plans_with_smoke_settings(name: str, tmp_path: P
     assert by_name["train_dlrm"].spec.needs == ("features",)
     assert by_name["rerank_dlrm"].outputs == ("rerank/dlrm-puresvd",)
     assert set(by_name["rerank_dlrm"].spec.needs) == {"train_dlrm", "evaluate_puresvd"}
+    if "rerank_ranker" in by_name:  # the demo's two-stage recommender re-ranks its own retriever's lists
+        assert by_name["rerank_ranker"].outputs == ("rerank/ranker-sasrec",)
+        assert by_name["train_ranker"].outputs == ("train/ranker",)
     assert len({p.config_hash for p in planned}) == len(planned)
 
 

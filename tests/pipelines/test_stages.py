@@ -22,18 +22,19 @@ DATE = "2026-01-02"
 KINDS = ("ingest", "features", "evaluate", "train", "index", "rerank")
 # model option (conf/model/<option>.yaml) -> its family and the stages that family has.
 EXPECTED_FAMILIES: dict[str, tuple[str, set[str]]] = {
-    "mostpop": ("baseline", {"evaluate", "retriever"}),
-    "itemknn": ("baseline", {"evaluate", "retriever"}),
-    "ease": ("baseline", {"evaluate", "retriever"}),
-    "puresvd": ("baseline", {"evaluate", "retriever"}),
+    "mostpop": ("baseline", {"evaluate", "retriever", "scorer"}),
+    "itemknn": ("baseline", {"evaluate", "retriever", "scorer"}),
+    "ease": ("baseline", {"evaluate", "retriever", "scorer"}),
+    "puresvd": ("baseline", {"evaluate", "retriever", "scorer"}),
     "dlrm": ("dlrm", {"train", "rerank"}),
     "dcn": ("dlrm", {"train", "rerank"}),
     "dlrm_criteo": ("dlrm", {"train", "rerank"}),
-    "sasrec": ("sequential", {"train", "retriever"}),
-    "molar": ("sequential", {"train", "retriever"}),
+    "ranker": ("dlrm", {"train", "rerank"}),
+    "sasrec": ("sequential", {"train", "retriever", "scorer"}),
+    "molar": ("sequential", {"train", "retriever", "scorer"}),
     "reclora": ("reclora", {"train"}),
 }
-CONTRACT_FIELDS = ("train", "evaluate", "retriever", "rerank")
+CONTRACT_FIELDS = ("train", "evaluate", "retriever", "rerank", "scorer")
 
 
 def _cfg(root: Path, *overrides: str) -> dict[str, Any]:
