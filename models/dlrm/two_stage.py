@@ -14,6 +14,7 @@ the users whose test items were not retrieved included):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from recsys.paths import RERANK, RunPaths
 from recsys.schema import FIRST_INDEX
 from recsys.scoring import reranked_retriever
 from recsys.stage import StageResult
+from recsys.tracking.registry import Registration, register_and_gate
 
 TEST_SPLIT = "test"
 
@@ -81,6 +83,27 @@ def candidate_two_stage(cfg: Mapping[str, Any], ranker: Ranker) -> TwoStageResul
     )
 
 
+RECOMMENDER_METRIC = "two_stage/reranked_ndcg_at_10"
+"""The promotion gate of ``<prefix>-recommender``: the served list's quality, measured by this stage."""
+SERVED_K = 10
+"""Items a served request gets by default (``params={"k": ...}`` asks for more, up to candidates.k)."""
+
+
+def _register_recommender(
+    cfg: Mapping[str, Any], ranker_folder: Path, model_cfg: DLRMConfig, run_id: str
+) -> Registration:
+    """Log the served two-stage recommender into this stage's run and register it behind the gate."""
+    from models.dlrm.recommender import log_recommender
+
+    paths = RunPaths.from_cfg(cfg)
+    with step("log and register the two-stage recommender pyfunc"):
+        info = log_recommender(cfg, ranker_folder, model_cfg, SERVED_K)
+    split = read_manifest(paths.features / "split")
+    eval_set = f"{split.source_fingerprint[:16]}-{split.config_hash[:16]}"
+    name = f"{cfg['prefix']}-recommender"
+    return register_and_gate(info.model_uri, name, run_id, RECOMMENDER_METRIC, eval_set)
+
+
 def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
     """The ``rerank`` stage: logs the two-stage metrics to its own MLflow run and publishes both orders'
     metric tables (column ``order``: ``retrieval`` / ``reranked``) under ``rerank/<model>-<retriever>``."""
@@ -103,6 +126,11 @@ def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
                 result = two_stage_evaluation(cfg, ranker, retriever)
         metrics = two_stage_metrics(result)
         log_metrics(metrics)
+        registered = (
+            _register_recommender(cfg, ranker_folder, ranker.cfg, run.info.run_id)
+            if ranker.cfg.task == "candidates"
+            else None
+        )
         out = publish_two_stage(paths.rerank(model, retriever), result, model, retriever, run.info.run_id)
     gain = (
         result.reranked_ndcg_at_10 / result.retrieval_ndcg_at_10
@@ -110,6 +138,11 @@ def rerank_stage(cfg: Mapping[str, Any]) -> StageResult:
         else float("nan")
     )
     rows = [(k, f"{v:.4f}") for k, v in metrics.items()] + [("re-ranked / retrieval NDCG@10", f"{gain:.3f}x")]
+    if registered is not None:
+        rows += [
+            ("registered", f"{registered.name} v{registered.version}"),
+            ("champion?", f"{registered.decision.promote} ({registered.decision.reason})"),
+        ]
     print_table(
         f"{model}: re-ranked {retriever} candidates (test, {len(result.users):,} users)",
         ["metric", "value"],

@@ -17,7 +17,16 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-__all__ = ["ModelInfo", "PythonModel", "load_from_artifacts", "log_pyfunc"]
+__all__ = ["ModelInfo", "PythonModel", "bad_request", "load_from_artifacts", "log_pyfunc"]
+
+
+def bad_request(message: str) -> Exception:
+    """The error a pyfunc raises for a malformed request: MLflow's scoring server answers it with HTTP 400
+    and the message (any other exception is a 500)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def load_from_artifacts(model: PythonModel, artifacts: Mapping[str, str]) -> PythonModel:

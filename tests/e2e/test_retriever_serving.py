@@ -3,17 +3,14 @@ champion retriever answering HTTP requests from `mlflow models serve` on loopbac
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
+from tests.helpers.serving import invoke, served
 
 SYNTHETIC = [
     "data=synthetic",
@@ -26,7 +23,6 @@ SYNTHETIC = [
     "spark.shuffle_partitions=4",
 ]
 NAME = "recsys-retriever"
-SERVE_TIMEOUT_S = 120
 
 
 def _recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -39,12 +35,6 @@ def _recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def _register(cwd: Path, dim: int) -> None:
     _recsys("evaluate", "model=puresvd", f"model.params.dim={dim}", *SYNTHETIC, cwd=cwd)
     _recsys("index", "model=puresvd", "index=flat", f"model.params.dim={dim}", *SYNTHETIC, cwd=cwd)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -76,55 +66,12 @@ def test_served_champion_answers_with_k_unseen_items(workspace: Path) -> None:
     uri = f"sqlite:///{workspace / 'runs' / 'mlflow.db'}"
     if not (workspace / "runs" / "mlflow.db").exists():
         _register(workspace, dim=1)
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    # `mlflow models serve --env-manager local` starts `uvicorn` from PATH: the venv must be on it.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    mlflow_exe = bin_dir / "mlflow"
-    server = subprocess.Popen(
-        [
-            str(mlflow_exe),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=workspace,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + SERVE_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read() if server.stdout else ""
-                    pytest.fail(f"mlflow models serve did not come up: {output[-2000:]}")
-                time.sleep(1)
+    with served(f"models:/{NAME}@champion", uri, workspace) as port:
         history = ["i1", "i2", "i3"]
-        body = json.dumps({"dataframe_records": [{"history": history}], "params": {"k": 7}}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            answer = json.loads(reply.read())
+        status, answer = invoke(port, {"dataframe_records": [{"history": history}], "params": {"k": 7}})
+        assert status == 200, answer
         [prediction] = answer["predictions"]
         assert len(prediction["item_ids"]) == 7
         assert len(set(prediction["item_ids"])) == 7
         assert not set(prediction["item_ids"]) & set(history)
         assert prediction["scores"] == sorted(prediction["scores"], reverse=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

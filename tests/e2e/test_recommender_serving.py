@@ -1,0 +1,123 @@
+"""The served two-stage recommender as a user builds and calls it: features, two baselines, the candidate
+ranker and the rerank stage through the command line (which registers ``recsys-recommender``), then
+``mlflow models serve`` on loopback answering a known user, cold requests (popularity fallback, flagged)
+and malformed requests (HTTP 400 with a message, never a 500)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from recsys.tables import read_arrow
+from tests.helpers.serving import invoke, served
+
+SYNTHETIC = [
+    "data=synthetic",
+    "data.num_users=120",
+    "data.num_items=80",
+    "data.num_events=4000",
+    "paths.root=runs",
+    "run.date=2024-01-01",
+    "spark.master='local[2]'",
+    "spark.shuffle_partitions=4",
+]
+RANKER = [
+    "model=ranker",
+    "model.candidates.retriever=ease",
+    "model.candidates.score_features=[mostpop]",
+    "model.candidates.k=20",
+    "model.batch_size=160",
+    "model.epochs=2",
+    "model.dense_features.identity=[retriever_z,score_mostpop_z,user_ctr_before,item_ctr_before]",
+    "model.tables=[{name: t_category, features: [category_idx], size: num_categories, pooling: mean}]",
+]
+NAME = "recsys-recommender"
+
+
+def _recsys(*args: str, cwd: Path) -> None:
+    exe = Path(sys.executable).parent / "recsys"
+    done = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recommender")
+    _recsys("features", *SYNTHETIC, cwd=root)
+    for model in ("ease", "mostpop"):
+        _recsys("evaluate", f"model={model}", *SYNTHETIC, cwd=root)
+    _recsys("train", *RANKER, *SYNTHETIC, cwd=root)
+    _recsys("rerank", *RANKER, *SYNTHETIC, cwd=root)
+    return root
+
+
+def test_rerank_registers_the_recommender_behind_the_gate(workspace: Path) -> None:
+    uri = f"sqlite:///{workspace / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    metrics = client.get_run(str(version.run_id)).data.metrics
+    assert "two_stage/reranked_ndcg_at_10" in metrics and "two_stage/candidate_recall" in metrics
+
+
+def test_served_recommender_answers_known_cold_and_malformed_requests(workspace: Path) -> None:
+    uri = f"sqlite:///{workspace / 'runs' / 'mlflow.db'}"
+    features = workspace / "runs" / "2024-01-01" / "features"
+    split = read_arrow(features / "split").to_pandas()
+    users = read_arrow(features / "vocab_user").to_pandas()
+    items = read_arrow(features / "vocab_item").to_pandas()
+    item_id = dict(zip(items["item_idx"], items["item_id"].astype(str), strict=True))
+    user = int(split["user_idx"].iloc[0])
+    user_id = str(users.loc[users["user_idx"] == user, "user_id"].iloc[0])
+    history = [item_id[i] for i in split.loc[split["user_idx"] == user].sort_values("timestamp")["item_idx"]]
+    counts = split["item_idx"].value_counts()
+    most_popular = item_id[int(counts.index[0])]
+    with served(f"models:/{NAME}@champion", uri, workspace) as port:
+        status, answer = invoke(
+            port,
+            {
+                "dataframe_records": [
+                    {"history": history[:5], "user_id": user_id},
+                    {"history": ["no-such-item"], "user_id": "no-such-user"},
+                    {"history": [], "user_id": None},
+                ],
+                "params": {"k": 5},
+            },
+        )
+        assert status == 200, answer
+        known, unknown, empty = answer["predictions"]
+        # the known user gets the ranked list: unseen items, best first, not the fallback
+        assert known["fallback"] is False and len(known["item_ids"]) == 5
+        assert not set(known["item_ids"]) & set(history)
+        assert known["scores"] == sorted(known["scores"], reverse=True)
+        # cold requests get the most popular items, flagged, with their popularity as the score
+        for cold in (unknown, empty):
+            assert cold["fallback"] is True and len(cold["item_ids"]) == 5
+            assert cold["item_ids"][0] == most_popular and min(cold["scores"]) > 0
+        # malformed: a missing column, a history that is not a list, k out of range -> 400 with a message
+        for payload in (
+            {"dataframe_records": [{"items": ["i1"]}]},
+            {"dataframe_records": [{"history": "i1", "user_id": None}]},
+            {"dataframe_records": [{"history": ["i1"], "user_id": None}], "params": {"k": 0}},
+        ):
+            status, answer = invoke(port, payload)
+            assert 400 <= status < 500, (payload, status, answer)
+            assert answer.get("message"), answer
+
+
+def test_served_lists_equal_in_process_predictions(workspace: Path) -> None:
+    """What the server answers is the pyfunc's own prediction (no serving-only code path)."""
+    import mlflow
+
+    uri = f"sqlite:///{workspace / 'runs' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    request = pd.DataFrame({"history": [["i1", "i2"], []], "user_id": [None, None]})
+    first = model.predict(request)
+    second = model.predict(request)
+    assert first["item_ids"].tolist() == second["item_ids"].tolist()
+    assert first["fallback"].tolist() == [False, True]
