@@ -97,7 +97,8 @@ def _register_recommender(
 
     paths = RunPaths.from_cfg(cfg)
     with step("log and register the two-stage recommender pyfunc"):
-        info = log_recommender(cfg, ranker_folder, model_cfg, SERVED_K)
+        assert model_cfg.candidates is not None
+        info = log_recommender(cfg, ranker_folder, model_cfg, min(SERVED_K, model_cfg.candidates.k))
     split = read_manifest(paths.features / "split")
     eval_set = f"{split.source_fingerprint[:16]}-{split.config_hash[:16]}"
     name = f"{cfg['prefix']}-recommender"
