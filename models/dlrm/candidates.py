@@ -169,7 +169,8 @@ def score_z(scorer: SequenceScorer, histories: Sequence[IntArray], items: IntArr
 
 
 def _windowed_counts(events: pd.DataFrame, items: IntArray, times: IntArray) -> dict[str, IntArray]:
-    """Per row: the item's events strictly before ``time`` in each window, the total, and the first time."""
+    """Per row: the item's events in each window strictly before ``time``, and its age in days at ``time``
+    (since its first event; 0 for an item never seen before)."""
     ev_items = events[ITEM_IDX].to_numpy(dtype=np.int64)
     ev_times = events[TIMESTAMP].to_numpy(dtype=np.int64)
     order = np.lexsort((ev_times, ev_items))
@@ -192,7 +193,6 @@ def _windowed_counts(events: pd.DataFrame, items: IntArray, times: IntArray) -> 
         out[window_column(days)] = now - before(times - days * SECONDS_PER_DAY)
     first = np.where(ends > starts, sorted_times[np.minimum(starts, sorted_times.size - 1)], times)
     out[ITEM_AGE_DAYS] = np.maximum(times - first, 0) // SECONDS_PER_DAY
-    out["_has_history"] = (now > starts).astype(np.int64)
     return out
 
 
@@ -230,9 +230,7 @@ def list_rows(
     }
     for model, z in extra_scores.items():
         columns[score_feature_column(model)] = z[valid].astype(np.float64)
-    windowed = _windowed_counts(events, items, times)
-    windowed.pop("_has_history")
-    columns.update(windowed)
+    columns.update(_windowed_counts(events, items, times))
     for name, values in columns.items():
         rows = rows.append_column(name, pa.array(values))
     return rows, valid
