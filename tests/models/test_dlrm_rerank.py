@@ -146,7 +146,13 @@ def test_two_stage_evaluation_needs_the_retrievers_vectors(
         two_stage_evaluation(cfg, module, "ease")
 
 
-TWO_STAGE = ("two_stage/retrieval_ndcg_at_10", "two_stage/reranked_ndcg_at_10", "two_stage/candidate_recall")
+TWO_STAGE = (
+    "two_stage/retrieval_ndcg_at_10",
+    "two_stage/reranked_ndcg_at_10",
+    "two_stage/candidate_recall",
+    "two_stage/retrieval_recall_at_10",
+    "two_stage/reranked_recall_at_10",
+)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +208,7 @@ def test_rerank_stage_equals_the_two_stage_evaluation_of_the_trained_module(
     assert stage.metrics["two_stage/retrieval_ndcg_at_10"] == pytest.approx(expected.retrieval_ndcg_at_10)
     assert stage.metrics["two_stage/reranked_ndcg_at_10"] == pytest.approx(expected.reranked_ndcg_at_10)
     assert stage.metrics["two_stage/candidate_recall"] == pytest.approx(expected.candidate_recall)
+    assert stage.metrics["two_stage/reranked_recall_at_10"] <= stage.metrics["two_stage/candidate_recall"]
     for name in TWO_STAGE:
         assert 0.0 <= stage.metrics[name] <= 1.0, name
 
