@@ -138,3 +138,20 @@ def criteo_schema(num_dense: int, num_sparse: int) -> TableSchema:
     dense = tuple(Column(f"{CRITEO_DENSE_PREFIX}{i}", "long", False) for i in range(num_dense))
     sparse = tuple(Column(f"{CRITEO_SPARSE_PREFIX}{i}", "string", False) for i in range(num_sparse))
     return TableSchema(name="ctr_events", columns=(Column(LABEL, "int", True), *dense, *sparse), key=())
+
+
+_SPARK_NAMES: dict[pa.DataType, str] = {
+    pa.int64(): "bigint",
+    pa.int32(): "int",
+    pa.string(): "string",
+    pa.float32(): "float",
+    pa.float64(): "double",
+}
+
+
+def spark_type_name(dtype: pa.DataType) -> str:
+    """Spark simple type string of an Arrow type, as manifests record it (what Spark-written outputs carry,
+    so readers check one vocabulary of types whoever wrote the output)."""
+    if pa.types.is_list(dtype):
+        return f"array<{spark_type_name(dtype.value_type)}>"
+    return _SPARK_NAMES[dtype]

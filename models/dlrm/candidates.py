@@ -39,7 +39,7 @@ from recsys.console import step
 from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
 from recsys.offline import RESERVED_ITEMS
 from recsys.paths import RunPaths
-from recsys.schema import ITEM_ID, ITEM_IDX, LABEL, SPLIT, SPLITS, TIMESTAMP, USER_IDX
+from recsys.schema import ITEM_ID, ITEM_IDX, LABEL, SPLIT, SPLITS, TIMESTAMP, USER_IDX, spark_type_name
 from recsys.scoring import load_retriever_scorer
 from recsys.stage import SequenceScorer
 from recsys.tables import read_arrow
@@ -122,17 +122,24 @@ def _masked(scores: FloatArray, histories: Sequence[IntArray]) -> FloatArray:
     return out
 
 
+def _row_moments(masked: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``(values, mean, std)``: the scores with masked (-inf) entries as 0, and each row's ``[U, 1]`` mean
+    and standard deviation over its unmasked entries (what the z-score features are relative to)."""
+    finite = np.isfinite(masked)
+    values = np.where(finite, masked, 0.0)
+    counts = np.maximum(finite.sum(axis=1, keepdims=True), 1)
+    mean = values.sum(axis=1, keepdims=True) / counts
+    std = np.sqrt(np.where(finite, (values - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / counts)
+    return values, mean, std
+
+
 def retrieve(scorer: SequenceScorer, histories: Sequence[IntArray], k: int) -> Retrieved:
     """The ``k`` best unseen, non-reserved items of every history (ties: lower item index first)."""
     items, scores, zs = [], [], []
     for start in range(0, len(histories), SCORE_BATCH):
         batch = list(histories[start : start + SCORE_BATCH])
         masked = _masked(np.asarray(scorer.score(batch), dtype=np.float32), batch)
-        finite = np.isfinite(masked)
-        values = np.where(finite, masked, 0.0)
-        counts = np.maximum(finite.sum(axis=1, keepdims=True), 1)
-        mean = values.sum(axis=1, keepdims=True) / counts
-        std = np.sqrt(np.where(finite, (values - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / counts)
+        _, mean, std = _row_moments(masked)
         keep = min(k, masked.shape[1])
         # stable sort of (-score, item) gives ties by ascending item index
         order = np.argsort(-masked, axis=1, kind="stable")[:, :keep]
@@ -157,11 +164,7 @@ def score_z(scorer: SequenceScorer, histories: Sequence[IntArray], items: IntArr
     for start in range(0, len(histories), SCORE_BATCH):
         batch = list(histories[start : start + SCORE_BATCH])
         masked = _masked(np.asarray(scorer.score(batch), dtype=np.float32), batch)
-        finite = np.isfinite(masked)
-        values = np.where(finite, masked, 0.0)
-        counts = np.maximum(finite.sum(axis=1, keepdims=True), 1)
-        mean = values.sum(axis=1, keepdims=True) / counts
-        std = np.sqrt(np.where(finite, (values - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / counts)
+        values, mean, std = _row_moments(masked)
         block = items[start : start + len(batch)]
         picked = np.take_along_axis(values, np.maximum(block, 0), axis=1)
         out[start : start + len(batch)] = np.where(block >= 0, (picked - mean) / np.maximum(std, 1e-6), 0.0)
@@ -283,17 +286,6 @@ def holdout_users(users: IntArray, fraction: float, seed: int) -> npt.NDArray[np
     return np.asarray(draws[users] < fraction)
 
 
-def _spark_type(field: pa.Field) -> str:
-    """The manifest (Spark simple-string) type of an Arrow column, as the CTR manifests write them."""
-    if pa.types.is_list(field.type):
-        return "array<bigint>"
-    if pa.types.is_integer(field.type):
-        return "bigint"
-    if pa.types.is_floating(field.type):
-        return "double"
-    return "string"
-
-
 def write_ranker_dataset(cfg: Mapping[str, Any], model_cfg: DLRMConfig, folder: Path) -> Path:
     """Build and publish the ranker's lists under ``folder`` (``split=train|valid|test`` partitions, whole
     lists per row group, a manifest with the table sizes of the features' ``ctr`` manifest).
@@ -335,7 +327,7 @@ def write_ranker_dataset(cfg: Mapping[str, Any], model_cfg: DLRMConfig, folder: 
             counts[f"{split}_lists"] = table.num_rows // spec.k
             counts[f"{split}_rows"] = table.num_rows
         schema_table = parts["test"]
-        schema = [{"name": f.name, "type": _spark_type(f)} for f in schema_table.schema]
+        schema = [{"name": f.name, "type": spark_type_name(f.type)} for f in schema_table.schema]
         schema.append({"name": SPLIT, "type": "string"})
         recall = candidate_recall(test_set)
         write_manifest(

@@ -27,7 +27,7 @@ import pandas as pd
 from models.dlrm.candidates import Queries, list_rows, retrieve, score_z
 from models.dlrm.config import DLRMConfig
 from models.dlrm.pyfunc import ARTIFACT_CONFIG, ARTIFACT_COUNTS, ARTIFACT_STATE, DLRMScorer
-from models.dlrm.rerank import rerank, score_rows
+from models.dlrm.rerank import rerank, scatter_scores, score_rows
 from recsys.manifest import read_manifest
 from recsys.paths import RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_ID, ITEM_IDX, LABEL, TIMESTAMP, USER_ID, USER_IDX
@@ -95,6 +95,13 @@ class TwoStageRecommender(PythonModel):
         self.popular = snapshot["popular"].astype(np.int64)
         self.popularity = snapshot["popularity"].astype(np.float64)
         self.now = int(self.events[TIMESTAMP].max()) + 1
+        # each known user's snapshot items in time order, looked up per request (not filtered per request)
+        ordered = self.events.sort_values([USER_IDX, TIMESTAMP], kind="stable")
+        users = ordered[USER_IDX].to_numpy(dtype=np.int64)
+        firsts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else users
+        items = np.split(ordered[ITEM_IDX].to_numpy(dtype=np.int64), firsts[1:])
+        self.user_history: dict[int, np.ndarray] = dict(zip(users[firsts].tolist(), items, strict=True))
+        self.fresh_user = int(self.events[USER_IDX].max()) + 1
         self.features = Path(artifacts[FEATURES])
         self.recent = int(snapshot["recent_items"])
 
@@ -148,13 +155,13 @@ class TwoStageRecommender(PythonModel):
         fallback: list[bool],
     ) -> None:
         """Retrieve, build the ranker rows at the snapshot's end, re-rank; fills the outputs of ``rows``."""
-        fresh = int(self.events[USER_IDX].max()) + 1
         query_users, histories, extra_events = [], [], []
+        empty = np.zeros(0, dtype=np.int64)
         for offset, r in enumerate(rows):
-            user = user_idx[r] if user_idx[r] is not None else fresh + offset
-            own = self.events[self.events[USER_IDX] == user]
-            recorded = set(own[ITEM_IDX].tolist())
-            history = own.sort_values(TIMESTAMP, kind="stable")[ITEM_IDX].tolist()
+            known_user = user_idx[r]
+            user = known_user if known_user is not None else self.fresh_user + offset
+            history = self.user_history.get(user, empty).tolist()
+            recorded = set(history)
             new = [i for i in known[r] if i not in recorded]
             history += new
             # the request's items the snapshot has not seen for this user happened just before now
@@ -177,8 +184,7 @@ class TwoStageRecommender(PythonModel):
         extra = {name: score_z(s, histories, retrieved.items) for name, s in self.score_features.items()}
         table, valid = list_rows(self.features, self.cfg, events, queries, retrieved, extra, self.recent)
         flat = score_rows(self.ranker, table, self.features, self.cfg.batch_size)
-        scores = np.full(retrieved.items.shape, -np.inf, dtype=np.float32)
-        scores[valid] = flat
+        scores = scatter_scores(valid, flat)
         ordered = rerank(retrieved.items, scores)
         ranked_scores = -np.sort(-scores, axis=1)
         for offset, r in enumerate(rows):

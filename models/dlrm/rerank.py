@@ -45,7 +45,7 @@ from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder
 from recsys.evaluation import evaluate_ranking, full_ranking_topk
 from recsys.manifest import Manifest, publish_atomically, write_manifest
-from recsys.offline import ITEM_VECTORS, RESERVED_ITEMS, load_interactions
+from recsys.offline import ITEM_VECTORS, RESERVED_ITEMS, InteractionData, load_interactions
 from recsys.paths import RERANK, RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_ID, ITEM_IDX, LABEL, RATING, SPLIT, TIMESTAMP, USER_IDX
 from recsys.tables import read_arrow
@@ -326,18 +326,37 @@ def two_stage_evaluation(cfg: Mapping[str, Any], module: Ranker, retriever: str)
         features, module.cfg, events, users, times, candidates, int(ctr_cfg["recent_items"])
     )
     flat = score_rows(module, rows, features / "ctr", module.cfg.batch_size)
-    ranker_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    ranker_scores[valid] = flat
-    reranked = rerank(candidates, ranker_scores)
+    return evaluate_orders(cfg, data, users, times, candidates, scatter_scores(valid, flat), truth[users])
 
+
+def scatter_scores(valid: npt.NDArray[np.bool_], flat: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``[U, K]`` ranker scores from the ``[Q]`` scores of the real candidates (``-inf`` on padding)."""
+    scores = np.full(valid.shape, -np.inf, dtype=np.float32)
+    scores[valid] = flat
+    return scores
+
+
+def evaluate_orders(
+    cfg: Mapping[str, Any],
+    data: InteractionData,
+    users: IntArray,
+    times: IntArray,
+    candidates: IntArray,
+    ranker_scores: npt.NDArray[np.float32],
+    truth: sp.csr_matrix,
+) -> TwoStageResult:
+    """Re-rank ``candidates`` by ``ranker_scores`` and evaluate both orders against ``truth`` (``[U, N]``,
+    rows aligned with ``users``) at ``evaluation.ks`` up to K, at 10 (K when shorter) and at K."""
+    reranked = rerank(candidates, ranker_scores)
+    k = candidates.shape[1]
     cut = min(HEADLINE_K, k)
     ks = sorted({*(int(x) for x in cfg["evaluation"]["ks"] if int(x) <= k), cut, k})
     common: dict[str, Any] = {
         "item_popularity": data.item_popularity,
         "num_items": data.num_items - FIRST_INDEX,
     }
-    retrieval_metrics = evaluate_ranking(candidates, truth[users], ks, **common)
-    reranked_metrics = evaluate_ranking(reranked, truth[users], ks, **common)
+    retrieval_metrics = evaluate_ranking(candidates, truth, ks, **common)
+    reranked_metrics = evaluate_ranking(reranked, truth, ks, **common)
     return TwoStageResult(
         users=users,
         timestamps=times,

@@ -17,28 +17,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from models.dlrm.candidates import build_candidate_set, candidate_recall, labelled_events
+from models.dlrm.candidates import build_candidate_set, labelled_events
 from models.dlrm.config import DLRMConfig
 from models.dlrm.rerank import (
-    HEADLINE_K,
-    NDCG,
     Ranker,
     TwoStageResult,
-    headline,
+    evaluate_orders,
     publish_two_stage,
-    rerank,
+    scatter_scores,
     score_rows,
     two_stage_evaluation,
     two_stage_metrics,
 )
 from recsys.console import print_table, step
-from recsys.evaluation import evaluate_ranking
 from recsys.manifest import read_manifest
 from recsys.offline import load_interactions
 from recsys.paths import RERANK, RunPaths
-from recsys.schema import FIRST_INDEX
 from recsys.scoring import reranked_retriever
 from recsys.stage import StageResult
 from recsys.tracking.registry import Registration, register_and_gate
@@ -54,32 +48,16 @@ def candidate_two_stage(cfg: Mapping[str, Any], ranker: Ranker) -> TwoStageResul
     lists = build_candidate_set(cfg, model_cfg, events, TEST_SPLIT)
     with step(f"score {lists.rows.num_rows:,} test candidate rows with {model_cfg.name}"):
         flat = score_rows(ranker, lists.rows, paths.features, model_cfg.batch_size)
-    candidates = lists.retrieved.items
-    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    scores[lists.valid] = flat
-    reranked = rerank(candidates, scores)
     data = load_interactions(paths.features)
-    truth = data.matrices[TEST_SPLIT][lists.queries.users]
-    k = candidates.shape[1]
-    cut = min(HEADLINE_K, k)
-    ks = sorted({*(int(x) for x in cfg["evaluation"]["ks"] if int(x) <= k), cut, k})
-    common: dict[str, Any] = {
-        "item_popularity": data.item_popularity,
-        "num_items": data.num_items - FIRST_INDEX,
-    }
-    retrieval_metrics = evaluate_ranking(candidates, truth, ks, **common)
-    reranked_metrics = evaluate_ranking(reranked, truth, ks, **common)
-    return TwoStageResult(
-        users=lists.queries.users,
-        timestamps=lists.queries.times,
-        candidates=candidates,
-        reranked=reranked,
-        ranker_scores=scores,
-        retrieval_metrics=retrieval_metrics,
-        reranked_metrics=reranked_metrics,
-        retrieval_ndcg_at_10=headline(retrieval_metrics, NDCG, cut),
-        reranked_ndcg_at_10=headline(reranked_metrics, NDCG, cut),
-        candidate_recall=candidate_recall(lists),
+    users = lists.queries.users
+    return evaluate_orders(
+        cfg,
+        data,
+        users,
+        lists.queries.times,
+        lists.retrieved.items,
+        scatter_scores(lists.valid, flat),
+        data.matrices[TEST_SPLIT][users],
     )
 
 

@@ -30,6 +30,7 @@ from recsys.console import console
 from recsys.errors import InputError
 from recsys.manifest import Manifest, config_hash, publish_atomically, write_manifest
 from recsys.retrieval.index import ItemIndex, check_vectors
+from recsys.schema import spark_type_name
 
 CANDIDATES = "candidates"
 DATA_FILE = "part-00000.parquet"
@@ -131,7 +132,7 @@ def generate_candidates(
             Manifest(
                 name=CANDIDATES,
                 row_count=num_users,
-                schema=[{"name": f.name, "type": _spark_type(f.type)} for f in schema],
+                schema=[{"name": f.name, "type": spark_type_name(f.type)} for f in schema],
                 counts={"k": k, "users": num_users},
                 config_hash=config_hash(
                     {key: v for key, v in index.meta.to_dict().items() if key != "created_at"}
@@ -224,11 +225,3 @@ def _check_inputs(
 
 def _as_column(values: np.ndarray) -> list[Any] | np.ndarray:
     return values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else [str(v) for v in values]
-
-
-def _spark_type(dtype: pa.DataType) -> str:
-    """Spark simple type string of an Arrow type, as manifests record it."""
-    if pa.types.is_list(dtype):
-        return f"array<{_spark_type(dtype.value_type)}>"
-    names = {pa.int64(): "bigint", pa.string(): "string", pa.float32(): "float", pa.float64(): "double"}
-    return names[dtype]
