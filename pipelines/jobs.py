@@ -125,7 +125,9 @@ def index_stage(cfg: Mapping[str, Any], retriever: Retriever) -> StageResult:
         # rebuilt with another type later (params are immutable).
         set_tags({"retriever.index": str(cfg["index"]["name"]), "retriever.factory": index_cfg.factory})
         example = [str(x) for x in data.item_ids[item_idx[:3]]]
-        model_info = retriever.log_pyfunc(published, index_dir, data.item_ids.astype(str), k, example)
+        model_info = retriever.log_pyfunc(
+            published, index_dir, data.item_ids.astype(str), data.snapshot_popularity(), k, example
+        )
         registration = register_and_gate(
             model_info.model_uri,
             f"{cfg['prefix']}-retriever",

@@ -93,12 +93,19 @@ def _bench_reclora(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return run_reclora_bench(cfg)
 
 
+def _bench_serving(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from recsys.serving_bench import run_serving_bench
+
+    return run_serving_bench(cfg)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "features": Benchmark(_bench_features, "duckdb"),
     "retrieval": Benchmark(_bench_retrieval, "exact (Flat)"),
     "dlrm": Benchmark(_bench_dlrm, "plain TorchRec loop"),
     "sequential": Benchmark(_bench_sequential, "plain PyTorch loop"),
     "reclora": Benchmark(_bench_reclora, "shared LoRA"),
+    "serving": Benchmark(_bench_serving, "served retriever (users/s)"),
 }
 
 

@@ -53,6 +53,12 @@ class InteractionData:
             return (self.matrices["train"] + self.matrices["valid"]).tocsr()
         raise ValueError(f"no evaluation history for split {split!r}")
 
+    def snapshot_popularity(self) -> np.ndarray:
+        """``[N]`` users per item over all splits: what a served model's popularity fallback ranks by (the
+        whole snapshot, unlike ``item_popularity``, which is train only to keep evaluation honest)."""
+        everything = self.matrices["train"] + self.matrices["valid"] + self.matrices["test"]
+        return np.asarray((everything > 0).sum(axis=0)).ravel().astype(np.float64)
+
 
 def load_interactions(features: Path) -> InteractionData:
     """Read ``split``, ``vocab_item`` and ``content`` from a published features stage."""

@@ -62,10 +62,17 @@ class Retriever(Protocol):
         ...
 
     def log_pyfunc(
-        self, vectors: PublishedVectors, index_dir: Path, item_ids: Any, k: int, example: list[str]
+        self,
+        vectors: PublishedVectors,
+        index_dir: Path,
+        item_ids: Any,
+        popularity: Any,
+        k: int,
+        example: list[str],
     ) -> Any:
-        """Log the retriever pyfunc (raw item-id history in, top-K raw item ids out) into the active run;
-        returns MLflow's ``ModelInfo``."""
+        """Log the retriever pyfunc (raw item-id history in, top-K raw item ids out; ``popularity``, the
+        ``[N]`` event counts of the snapshot, orders its fallback) into the active run; returns MLflow's
+        ``ModelInfo``."""
         ...
 
 

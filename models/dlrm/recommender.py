@@ -33,12 +33,17 @@ from recsys.paths import RunPaths
 from recsys.schema import FIRST_INDEX, ITEM_ID, ITEM_IDX, LABEL, TIMESTAMP, USER_ID, USER_IDX
 from recsys.scoring import load_retriever_scorer
 from recsys.tables import read_arrow
-from recsys.tracking.models import ModelInfo, PythonModel, bad_request, load_from_artifacts, log_pyfunc
+from recsys.tracking.models import ModelInfo, PythonModel, load_from_artifacts, log_pyfunc
+from recsys.tracking.requests import (
+    FALLBACK,
+    HISTORY,
+    ITEM_IDS,
+    SCORES,
+    PopularItems,
+    request_histories,
+    request_k,
+)
 
-HISTORY = "history"
-ITEM_IDS = "item_ids"
-SCORES = "scores"
-FALLBACK = "fallback"
 MODEL_NAME = "recommender"
 SNAPSHOT = "snapshot"
 RETRIEVER = "retriever"
@@ -47,14 +52,6 @@ FEATURES = "features"
 LOOKUP_TABLES = ("content", "users")
 IMPLICIT_POSITIVE = 1
 """A served history has no ratings: its events count as engaged (the label ``event_labels`` gives them)."""
-
-
-def _item_array(values: Any) -> list[str]:
-    if values is None or (isinstance(values, float) and np.isnan(values)):
-        return []
-    if isinstance(values, str) or not hasattr(values, "__iter__"):
-        raise bad_request(f"column {HISTORY!r}: each row must be a list of item ids, got {values!r}.")
-    return [str(v) for v in values]
 
 
 class TwoStageRecommender(PythonModel):
@@ -92,8 +89,7 @@ class TwoStageRecommender(PythonModel):
         self.user_ids = snapshot["user_ids"].astype(str)
         self.item_position = {item: i for i, item in enumerate(self.item_ids) if i >= FIRST_INDEX}
         self.user_position = {user: u for u, user in enumerate(self.user_ids) if u >= FIRST_INDEX}
-        self.popular = snapshot["popular"].astype(np.int64)
-        self.popularity = snapshot["popularity"].astype(np.float64)
+        self.popular = PopularItems(snapshot["popularity"], self.item_ids)
         self.now = int(self.events[TIMESTAMP].max()) + 1
         # each known user's snapshot items in time order, looked up per request (not filtered per request)
         ordered = self.events.sort_values([USER_IDX, TIMESTAMP], kind="stable")
@@ -105,22 +101,11 @@ class TwoStageRecommender(PythonModel):
         self.features = Path(artifacts[FEATURES])
         self.recent = int(snapshot["recent_items"])
 
-    def _popular(self, seen: set[int], k: int) -> tuple[list[str], list[float]]:
-        top = [int(i) for i in self.popular if int(i) not in seen][:k]
-        return [str(self.item_ids[i]) for i in top], [float(self.popularity[i]) for i in top]
-
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame) or HISTORY not in model_input.columns:
-            raise bad_request(
-                f"the request needs a column {HISTORY!r} (a list of raw item ids per user, oldest first), "
-                f"optionally {USER_ID!r}; e.g. {{'dataframe_records': [{{'{HISTORY}': ['50', '172']}}]}}."
-            )
-        k = int((params or {}).get("k", self.k))
-        if not 1 <= k <= self.retriever_k:
-            raise bad_request(f"params.k={k}: must be between 1 and {self.retriever_k} (the candidates).")
-        histories = [_item_array(v) for v in model_input[HISTORY]]
+        histories = request_histories(model_input)
+        k = request_k(params, self.k, self.retriever_k)
         users = (
             [None if pd.isna(u) else str(u) for u in model_input[USER_ID]]
             if USER_ID in model_input.columns
@@ -136,7 +121,7 @@ class TwoStageRecommender(PythonModel):
             self._two_stage(personal, known, user_idx, k, out_ids, out_scores, fallback)
         for r in range(len(histories)):
             if fallback[r]:
-                out_ids[r], out_scores[r] = self._popular(set(known[r]), k)
+                out_ids[r], out_scores[r] = self.popular.top(set(known[r]), k)
         return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})
 
     @property
@@ -211,9 +196,6 @@ def _snapshot_file(paths: RunPaths, rating_threshold: float, recent_items: int, 
     popularity = np.bincount(events[ITEM_IDX].to_numpy(dtype=np.int64), minlength=num_items).astype(
         np.float64
     )
-    popularity[:FIRST_INDEX] = -1.0
-    popular = np.argsort(-popularity, kind="stable")
-    popular = popular[popularity[popular] > 0]
     path = folder / "snapshot.npz"
     np.savez(
         path,
@@ -223,7 +205,6 @@ def _snapshot_file(paths: RunPaths, rating_threshold: float, recent_items: int, 
         label=events[LABEL].to_numpy(dtype=np.int64),
         item_ids=item_ids.astype(str),
         user_ids=user_ids.astype(str),
-        popular=popular.astype(np.int64),
         popularity=popularity,
         recent_items=np.int64(recent_items),
     )

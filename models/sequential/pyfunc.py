@@ -8,7 +8,8 @@ built at training time) and as ``<prefix>-retriever`` by ``recsys index`` (the i
 ``retriever_logger`` hook).
 
 Artifacts: ``config`` (model settings JSON), ``state`` (``torch.save`` state dict), ``items`` (``.npy`` raw
-item id per item index), ``index`` (``ItemIndex`` folder).
+item id per item index), ``index`` (``ItemIndex`` folder), ``popularity`` (``.npy`` event counts per item
+index: the fallback for a history with no known item, flagged in the ``fallback`` column).
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ from recsys.config import as_dict, typed
 from recsys.retrieval.index import ItemIndex
 from recsys.schema import FIRST_INDEX, PADDING_INDEX
 from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
+from recsys.tracking.requests import (
+    FALLBACK,
+    HISTORY,
+    ITEM_IDS,
+    POPULARITY_ARTIFACT,
+    SCORES,
+    PopularItems,
+    request_histories,
+    request_k,
+    save_popularity,
+)
 
-HISTORY = "history"
-ITEM_IDS = "item_ids"
-SCORES = "scores"
 ARTIFACT_CONFIG = "config"
 ARTIFACT_STATE = "state"
 ARTIFACT_ITEMS = "items"
@@ -68,10 +77,11 @@ def load_network(config_path: Path, state_path: Path) -> tuple[SequentialConfig,
 
 
 class SequentialRetriever(PythonModel):
-    """``predict(DataFrame{history: [raw item ids, oldest first]}) -> DataFrame{item_ids, scores}``.
+    """``predict(DataFrame{history: [raw item ids, oldest first]}) -> DataFrame{item_ids, scores, fallback}``.
 
     Unknown item ids are dropped from a history; the newest ``max_len`` known items form the query; items
-    already in the history are never returned. ``params={"k": ...}`` overrides the list length.
+    already in the history are never returned; a history with no known item gets the most popular items
+    (``fallback`` true). ``params={"k": ...}`` overrides the list length.
     """
 
     def __init__(self, k: int) -> None:
@@ -84,6 +94,7 @@ class SequentialRetriever(PythonModel):
         self.index = ItemIndex.load(Path(context.artifacts[ARTIFACT_INDEX]))
         self.item_ids = np.load(context.artifacts[ARTIFACT_ITEMS], allow_pickle=False)
         self.position = {str(item): i for i, item in enumerate(self.item_ids) if i >= FIRST_INDEX}
+        self.popular = PopularItems.load(context.artifacts[POPULARITY_ARTIFACT], self.item_ids)
 
     def _histories(self, rows: list[list[str]]) -> tuple[np.ndarray, list[set[int]]]:
         known = [[self.position[h] for h in row if h in self.position] for row in rows]
@@ -98,15 +109,21 @@ class SequentialRetriever(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        k = int((params or {}).get("k", self.k))
-        rows = [[str(h) for h in row] for row in model_input[HISTORY]]
+        rows = request_histories(model_input)
+        k = request_k(params, self.k, len(self.index))
         histories, seen = self._histories(rows)
         with torch.no_grad():
             queries = self.network.user_vectors(torch.from_numpy(histories)).float().numpy()
         fetch = min(k + max((len(s) for s in seen), default=0), len(self.index))
         found, scores = self.index.search(np.ascontiguousarray(queries), max(fetch, 1))
-        out_ids, out_scores = [], []
+        out_ids, out_scores, fallback = [], [], []
         for row_seen, row_ids, row_scores in zip(seen, found, scores, strict=True):
+            if not row_seen:
+                ids, values = self.popular.top(row_seen, k)
+                out_ids.append(ids)
+                out_scores.append(values)
+                fallback.append(True)
+                continue
             keep = [
                 (int(i), float(s))
                 for i, s in zip(row_ids, row_scores, strict=True)
@@ -114,13 +131,15 @@ class SequentialRetriever(PythonModel):
             ][:k]
             out_ids.append([str(self.item_ids[i]) for i, _ in keep])
             out_scores.append([s for _, s in keep])
-        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores})
+            fallback.append(False)
+        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})
 
 
 def log_sequential(
     model_dir: Path,
     index_dir: Path,
     item_ids: np.ndarray,
+    popularity: np.ndarray,
     k: int,
     example_history: list[str],
     name: str,
@@ -131,6 +150,7 @@ def log_sequential(
         model_dir: folder written by :func:`save_model`.
         index_dir: a saved ``ItemIndex`` over the model's item vectors.
         item_ids: ``[N]`` raw item id per item index.
+        popularity: ``[N]`` event counts per item index (the fallback's order).
         k: default list length.
         example_history: raw item ids for the input example / signature.
         name: artifact path of the model in the run (``sequential`` or ``retriever``).
@@ -143,16 +163,24 @@ def log_sequential(
             ARTIFACT_STATE: str(model_dir / STATE_FILE),
             ARTIFACT_ITEMS: str(items_path),
             ARTIFACT_INDEX: str(index_dir),
+            POPULARITY_ARTIFACT: str(save_popularity(popularity, Path(tmp) / "popularity.npy")),
         }
         example = pd.DataFrame({HISTORY: [example_history]})
         return log_pyfunc(name, lambda: SequentialRetriever(k), artifacts, example, params={"k": k})
 
 
 def log_retriever_for_index(
-    evaluated: Path, index_dir: Path, item_ids: np.ndarray, k: int, example_history: list[str]
+    evaluated: Path,
+    index_dir: Path,
+    item_ids: np.ndarray,
+    popularity: np.ndarray,
+    k: int,
+    example_history: list[str],
 ) -> ModelInfo:
     """``recsys index`` hook: the retriever pyfunc of a published sequential evaluation folder."""
-    return log_sequential(evaluated / MODEL_DIR, index_dir, item_ids, k, example_history, "retriever")
+    return log_sequential(
+        evaluated / MODEL_DIR, index_dir, item_ids, popularity, k, example_history, "retriever"
+    )
 
 
 class SequenceModelScorer:

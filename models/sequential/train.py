@@ -318,7 +318,15 @@ def publish_and_register(
     with resume_run(cfg["tracking"], result.run_id), tempfile.TemporaryDirectory() as tmp:
         index = ItemIndex.build(np.ascontiguousarray(items[item_idx]), item_idx, index_cfg, version)
         index_dir = index.save(Path(tmp) / "index")
-        info = log_sequential(out / MODEL_DIR, index_dir, interactions.item_ids, k, example, "sequential")
+        info = log_sequential(
+            out / MODEL_DIR,
+            index_dir,
+            interactions.item_ids,
+            interactions.snapshot_popularity(),
+            k,
+            example,
+            "sequential",
+        )
         return register_and_gate(
             info.model_uri,
             f"{cfg['prefix']}-sequential",
@@ -367,9 +375,15 @@ class SequentialRetrieverSource:
         return read_published_vectors(paths.train(model))
 
     def log_pyfunc(
-        self, vectors: PublishedVectors, index_dir: Path, item_ids: np.ndarray, k: int, example: list[str]
+        self,
+        vectors: PublishedVectors,
+        index_dir: Path,
+        item_ids: np.ndarray,
+        popularity: np.ndarray,
+        k: int,
+        example: list[str],
     ) -> Any:
-        return log_retriever_for_index(vectors.folder, index_dir, item_ids, k, example)
+        return log_retriever_for_index(vectors.folder, index_dir, item_ids, popularity, k, example)
 
 
 FAMILY = ModelFamily(

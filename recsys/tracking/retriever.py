@@ -2,7 +2,8 @@
 
 It wraps a history encoder (a fold-in matrix ``[N, D]``: the user vector is the sum of the rows of the
 history items) and a FAISS :class:`~recsys.retrieval.index.ItemIndex` over item vectors in the same space,
-so ``mlflow models serve`` answers requests with the same scores offline evaluation used.
+so ``mlflow models serve`` answers requests with the same scores offline evaluation used. A history with no
+known item gets the popularity fallback (:mod:`recsys.tracking.requests`), flagged in ``fallback``.
 """
 
 from __future__ import annotations
@@ -17,17 +18,26 @@ import pandas as pd
 from recsys.offline import read_published_vectors
 from recsys.paths import RunPaths
 from recsys.retrieval.index import ItemIndex
+from recsys.schema import FIRST_INDEX
 from recsys.stage import PublishedVectors
 from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
-
-HISTORY = "history"
-ITEM_IDS = "item_ids"
-SCORES = "scores"
+from recsys.tracking.requests import (
+    FALLBACK,
+    HISTORY,
+    ITEM_IDS,
+    POPULARITY_ARTIFACT,
+    SCORES,
+    PopularItems,
+    request_histories,
+    request_k,
+    save_popularity,
+)
 
 
 class RetrieverModel(PythonModel):
     """Artifacts: ``index`` (ItemIndex folder), ``encoder`` (``.npy`` fold-in matrix), ``items``
-    (``.npy`` of raw item ids where position = item index)."""
+    (``.npy`` of raw item ids where position = item index), ``popularity`` (``.npy`` event counts per item
+    index: the fallback)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -36,7 +46,8 @@ class RetrieverModel(PythonModel):
         self.index = ItemIndex.load(Path(context.artifacts["index"]))
         self.encoder = np.load(context.artifacts["encoder"])
         self.item_ids = np.load(context.artifacts["items"], allow_pickle=False)
-        self.position = {str(item): i for i, item in enumerate(self.item_ids)}
+        self.position = {str(item): i for i, item in enumerate(self.item_ids) if i >= FIRST_INDEX}
+        self.popular = PopularItems.load(context.artifacts[POPULARITY_ARTIFACT], self.item_ids)
 
     def _encode(self, history: list[str]) -> tuple[np.ndarray, set[int]]:
         known = {self.position[h] for h in history if h in self.position}
@@ -48,15 +59,22 @@ class RetrieverModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        k = int((params or {}).get("k", self.k))
-        encoded = [self._encode([str(h) for h in row]) for row in model_input[HISTORY]]
+        rows = request_histories(model_input)
+        k = request_k(params, self.k, len(self.index))
+        encoded = [self._encode(row) for row in rows]
         queries = (
             np.stack([v for v, _ in encoded]) if encoded else np.zeros((0, self.encoder.shape[1]), np.float32)
         )
         fetch = min(k + max((len(s) for _, s in encoded), default=0), len(self.item_ids))
         found, scores = self.index.search(queries, fetch)
-        out_ids, out_scores = [], []
+        out_ids, out_scores, fallback = [], [], []
         for (_, seen), row_ids, row_scores in zip(encoded, found, scores, strict=True):
+            if not seen:
+                ids, values = self.popular.top(seen, k)
+                out_ids.append(ids)
+                out_scores.append(values)
+                fallback.append(True)
+                continue
             keep = [
                 (int(i), float(s))
                 for i, s in zip(row_ids, row_scores, strict=True)
@@ -64,13 +82,15 @@ class RetrieverModel(PythonModel):
             ]
             out_ids.append([str(self.item_ids[i]) for i, _ in keep[:k]])
             out_scores.append([s for _, s in keep[:k]])
-        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores})
+            fallback.append(False)
+        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})
 
 
 def log_retriever(
     index_folder: Path,
     encoder: np.ndarray,
     item_ids: np.ndarray,
+    popularity: np.ndarray,
     k: int,
     example_history: list[str],
     work: Path,
@@ -83,6 +103,7 @@ def log_retriever(
         "index": str(index_folder),
         "encoder": str(work / "encoder.npy"),
         "items": str(work / "items.npy"),
+        POPULARITY_ARTIFACT: str(save_popularity(popularity, work / "popularity.npy")),
     }
     example = pd.DataFrame({HISTORY: [example_history]})
     return log_pyfunc("retriever", lambda: RetrieverModel(k), artifacts, example, params={"k": k})
@@ -96,7 +117,13 @@ class FoldInRetriever:
         return read_published_vectors(paths.evaluate(model))
 
     def log_pyfunc(
-        self, vectors: PublishedVectors, index_dir: Path, item_ids: np.ndarray, k: int, example: list[str]
+        self,
+        vectors: PublishedVectors,
+        index_dir: Path,
+        item_ids: np.ndarray,
+        popularity: np.ndarray,
+        k: int,
+        example: list[str],
     ) -> ModelInfo:
         with tempfile.TemporaryDirectory() as tmp:
-            return log_retriever(index_dir, vectors.item_vectors, item_ids, k, example, Path(tmp))
+            return log_retriever(index_dir, vectors.item_vectors, item_ids, popularity, k, example, Path(tmp))

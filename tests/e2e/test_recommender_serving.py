@@ -1,10 +1,12 @@
 """The served two-stage recommender as a user builds and calls it: features, two baselines, the candidate
 ranker and the rerank stage through the command line (which registers ``recsys-recommender``), then
 ``mlflow models serve`` on loopback answering a known user, cold requests (popularity fallback, flagged)
-and malformed requests (HTTP 400 with a message, never a 500)."""
+and malformed requests (HTTP 400 with a message, never a 500); ``recsys bench serving`` timing it against
+the served PureSVD retriever in one run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +51,9 @@ def _recsys(*args: str, cwd: Path) -> None:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("recommender")
     _recsys("features", *SYNTHETIC, cwd=root)
-    for model in ("ease", "mostpop"):
+    for model in ("ease", "mostpop", "puresvd"):
         _recsys("evaluate", f"model={model}", *SYNTHETIC, cwd=root)
+    _recsys("index", "model=puresvd", "index=flat", *SYNTHETIC, cwd=root)  # the bench's reference
     _recsys("train", *RANKER, *SYNTHETIC, cwd=root)
     _recsys("rerank", *RANKER, *SYNTHETIC, cwd=root)
     return root
@@ -121,3 +124,30 @@ def test_served_lists_equal_in_process_predictions(workspace: Path) -> None:
     second = model.predict(request)
     assert first["item_ids"].tolist() == second["item_ids"].tolist()
     assert first["fallback"].tolist() == [False, True]
+
+
+def test_bench_serving_times_both_served_models_in_one_run(workspace: Path) -> None:
+    _recsys(
+        "bench",
+        "serving",
+        *SYNTHETIC,
+        "bench.single_requests=6",
+        "bench.batch_requests=2",
+        "bench.batch_users=10",
+        "bench.warmup_requests=1",
+        "bench.k=5",
+        "bench.out_dir=bench_out",
+        cwd=workspace,
+    )
+    [saved] = (workspace / "bench_out").glob("serving-*.json")
+    results = json.loads(saved.read_text())
+    rows = {(r["model"], r["mode"]): r for r in results["latency"]}
+    assert set(rows) == {(m, mode) for m in ("retriever", "recommender") for mode in ("single", "batch")}
+    assert rows[("recommender", "batch")]["users_per_request"] == 10
+    assert rows[("retriever", "single")]["requests"] == 6
+    for (model, mode), row in rows.items():
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        # known users of the snapshot: every list is personalised, none is the popularity fallback
+        assert row["fallback_rows"] == 0
+        reference = rows[("retriever", mode)]
+        assert row["p50_ratio"] == pytest.approx(row["p50_ms"] / reference["p50_ms"])

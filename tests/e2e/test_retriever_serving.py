@@ -75,3 +75,15 @@ def test_served_champion_answers_with_k_unseen_items(workspace: Path) -> None:
         assert len(set(prediction["item_ids"])) == 7
         assert not set(prediction["item_ids"]) & set(history)
         assert prediction["scores"] == sorted(prediction["scores"], reverse=True)
+        assert prediction["fallback"] is False
+        # cold: no known item -> the most popular items, flagged, scored by their event counts
+        cold_rows = [{"history": ["never-seen"]}, {"history": []}]
+        status, answer = invoke(port, {"dataframe_records": cold_rows, "params": {"k": 10}})
+        assert status == 200, answer
+        unknown, empty = answer["predictions"]
+        assert unknown["fallback"] is True and empty["fallback"] is True
+        assert unknown["item_ids"] == empty["item_ids"] and len(unknown["item_ids"]) == 10
+        assert min(unknown["scores"]) > 0 and unknown["scores"] == sorted(unknown["scores"], reverse=True)
+        # malformed: a client error with a message, not a server error
+        status, answer = invoke(port, {"dataframe_records": [{"items": ["i1"]}]})
+        assert 400 <= status < 500 and "history" in str(answer)

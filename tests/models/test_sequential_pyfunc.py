@@ -1,5 +1,6 @@
 """The sequential retriever pyfunc round-trips through MLflow: the loaded model returns the same top-K as
-the network's own user vector against its item vectors, with history items excluded."""
+the network's own user vector against its item vectors, with history items excluded; a history with no
+known item gets the most popular items, flagged; a malformed request is a client error."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 from models.sequential.network import MolarNet, SASRec, build_network
 from models.sequential.pyfunc import HISTORY, ITEM_IDS, SCORES, load_network, log_sequential, save_model
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.schema import FIRST_INDEX
+from recsys.tracking.requests import FALLBACK
 from tests.models.test_sequential_network import NUM_ITEMS, small_config
 
 K = 4
@@ -58,10 +61,14 @@ def test_pyfunc_roundtrip_matches_the_network(tmp_path: Path, architecture: str)
         tmp_path / "index"
     )
 
+    # item 7 most popular, then 3, then 10; items never seen (0 events) are never offered
+    popularity = np.zeros(NUM_ITEMS)
+    popularity[[7, 3, 10, 4]] = [50.0, 40.0, 30.0, 20.0]
+    popularity[:FIRST_INDEX] = 999.0  # reserved indices are never offered, whatever their count
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("seq", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = log_sequential(model_dir, index_dir, item_ids, K, ["m2", "m3"], "sequential")
+        info = log_sequential(model_dir, index_dir, item_ids, popularity, K, ["m2", "m3"], "sequential")
     loaded = mlflow.pyfunc.load_model(info.model_uri)
 
     # the second is longer than max_len (8) and leaves only one unseen item
@@ -77,3 +84,16 @@ def test_pyfunc_roundtrip_matches_the_network(tmp_path: Path, architecture: str)
         )
         assert {str(item_ids[i]) for i in history}.isdisjoint(got)
         np.testing.assert_allclose(answer[SCORES].iloc[row], scores, rtol=1e-4, atol=1e-5)
+    assert answer[FALLBACK].tolist() == [False, False]
+
+    cold = loaded.predict(pd.DataFrame({HISTORY: [[], ["unknown-item"], [str(item_ids[7])]]}))
+    assert cold[FALLBACK].tolist() == [True, True, False]
+    assert list(cold[ITEM_IDS].iloc[0]) == [str(item_ids[i]) for i in (7, 3, 10, 4)]
+    assert list(cold[SCORES].iloc[0]) == [50.0, 40.0, 30.0, 20.0]
+    assert list(cold[ITEM_IDS].iloc[1]) == list(cold[ITEM_IDS].iloc[0])
+
+    for malformed in (pd.DataFrame({"items": [["m2"]]}), pd.DataFrame({HISTORY: ["m2"]})):
+        with pytest.raises(MlflowException, match=HISTORY):
+            loaded.predict(malformed)
+    with pytest.raises(MlflowException, match=r"params\.k"):
+        loaded.predict(pd.DataFrame({HISTORY: [["m2"]]}), params={"k": 0})

@@ -1,0 +1,94 @@
+"""What every served recommender shares: reading a request's histories, and the popularity fallback.
+
+A served model answers rows it cannot personalise (an empty history, or only item ids the model has never
+seen) with the snapshot's most popular items and marks them in a ``fallback`` column, so a client can tell
+"popular for everyone" from "picked for you"; it never pads a list with arbitrary items scored 0. A request
+the model cannot read at all is a client error (:func:`recsys.tracking.models.bad_request`, HTTP 400) whose
+message shows the expected shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from recsys.schema import FIRST_INDEX
+from recsys.tracking.models import bad_request
+
+HISTORY = "history"
+ITEM_IDS = "item_ids"
+SCORES = "scores"
+FALLBACK = "fallback"
+POPULARITY_ARTIFACT = "popularity"
+REQUEST_EXAMPLE = f"{{'dataframe_records': [{{'{HISTORY}': ['50', '172']}}]}}"
+
+
+def _history(values: Any) -> list[str]:
+    if values is None or (isinstance(values, float) and np.isnan(values)):
+        return []
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise bad_request(
+            f"column {HISTORY!r}: each row must be a list of raw item ids, got {values!r}; "
+            f"e.g. {REQUEST_EXAMPLE}."
+        )
+    return [str(v) for v in values]
+
+
+def request_histories(model_input: Any) -> list[list[str]]:
+    """The ``history`` column as lists of raw item ids (``str``), oldest first; a missing column or a row
+    that is not a list is a bad request."""
+    if not isinstance(model_input, pd.DataFrame) or HISTORY not in model_input.columns:
+        raise bad_request(
+            f"the request needs a column {HISTORY!r} (a list of raw item ids per row, oldest first); "
+            f"e.g. {REQUEST_EXAMPLE}."
+        )
+    return [_history(v) for v in model_input[HISTORY]]
+
+
+def request_k(params: dict[str, Any] | None, default: int, most: int) -> int:
+    """``params.k`` (the list length) checked against ``[1, most]``."""
+    raw = (params or {}).get("k", default)
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise bad_request(f"params.k={raw!r}: must be an integer between 1 and {most}.") from None
+    if not 1 <= k <= most:
+        raise bad_request(f"params.k={k}: must be between 1 and {most}.")
+    return k
+
+
+def save_popularity(popularity: npt.ArrayLike, path: Path) -> Path:
+    """Write ``[N]`` event counts per item index (the fallback's order) as ``.npy``; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(popularity, dtype=np.float64))
+    return path
+
+
+class PopularItems:
+    """The fallback list: item indices with at least one event, most events first (ties by index)."""
+
+    def __init__(self, popularity: npt.ArrayLike, item_ids: npt.ArrayLike) -> None:
+        counts = np.asarray(popularity, dtype=np.float64).copy()
+        counts[: min(FIRST_INDEX, counts.size)] = 0.0
+        order = np.argsort(-counts, kind="stable")
+        self.order = order[counts[order] > 0]
+        self.counts = counts
+        self.item_ids = np.asarray(item_ids).astype(str)
+
+    @classmethod
+    def load(cls, path: str | Path, item_ids: npt.ArrayLike) -> PopularItems:
+        return cls(np.load(path, allow_pickle=False), item_ids)
+
+    def top(self, seen: set[int], k: int) -> tuple[list[str], list[float]]:
+        """The ``k`` most popular items not in ``seen`` (item indices): raw ids and event counts."""
+        picked: list[int] = []
+        for item in self.order:
+            if len(picked) == k:
+                break
+            if int(item) not in seen:
+                picked.append(int(item))
+        return [str(self.item_ids[i]) for i in picked], [float(self.counts[i]) for i in picked]
