@@ -199,6 +199,16 @@ def _windowed_counts(events: pd.DataFrame, items: IntArray, times: IntArray) -> 
     return out
 
 
+def relevant_events(
+    event_users: IntArray, event_items: IntArray, users: IntArray, candidates: IntArray
+) -> npt.NDArray[np.bool_]:
+    """``[E]`` mask of the events :func:`list_rows` reads for these lists: those of the lists' users or of
+    their candidate items (``-1`` padding ignored). Every ranker feature is a statistic of one user's or one
+    item's events, so rows built from the masked events equal rows built from all of them."""
+    items = np.unique(candidates[candidates >= 0])
+    return np.asarray(np.isin(event_users, users) | np.isin(event_items, items))
+
+
 def list_rows(
     features: Path,
     model_cfg: DLRMConfig,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.dlrm.candidates import Queries, list_rows, retrieve, score_z
+from models.dlrm.candidates import Queries, list_rows, relevant_events, retrieve, score_z
 from models.dlrm.config import DLRMConfig
 from models.dlrm.pyfunc import ARTIFACT_CONFIG, ARTIFACT_COUNTS, ARTIFACT_STATE, DLRMScorer
 from models.dlrm.rerank import rerank, scatter_scores, score_rows
@@ -85,6 +85,8 @@ class TwoStageRecommender(PythonModel):
                 LABEL: snapshot["label"],
             }
         )
+        self.event_users = self.events[USER_IDX].to_numpy(dtype=np.int64)
+        self.event_items = self.events[ITEM_IDX].to_numpy(dtype=np.int64)
         self.item_ids = snapshot["item_ids"].astype(str)
         self.user_ids = snapshot["user_ids"].astype(str)
         self.item_position = {item: i for i, item in enumerate(self.item_ids) if i >= FIRST_INDEX}
@@ -155,10 +157,6 @@ class TwoStageRecommender(PythonModel):
             ]
             query_users.append(user)
             histories.append(np.asarray(history, dtype=np.int64))
-        events = pd.concat(
-            [self.events, pd.DataFrame(extra_events, columns=[USER_IDX, ITEM_IDX, TIMESTAMP, LABEL])],
-            ignore_index=True,
-        )
         queries = Queries(
             np.asarray(query_users, dtype=np.int64),
             np.full(len(rows), self.now, dtype=np.int64),
@@ -167,6 +165,15 @@ class TwoStageRecommender(PythonModel):
         )
         retrieved = retrieve(self.retriever, histories, self.retriever_k)
         extra = {name: score_z(s, histories, retrieved.items) for name, s in self.score_features.items()}
+        # the rows depend on these events only: sort thousands per request, not the whole snapshot
+        relevant = relevant_events(self.event_users, self.event_items, queries.users, retrieved.items)
+        events = pd.concat(
+            [
+                self.events[relevant],
+                pd.DataFrame(extra_events, columns=[USER_IDX, ITEM_IDX, TIMESTAMP, LABEL]),
+            ],
+            ignore_index=True,
+        )
         table, valid = list_rows(self.features, self.cfg, events, queries, retrieved, extra, self.recent)
         flat = score_rows(self.ranker, table, self.features, self.cfg.batch_size)
         scores = scatter_scores(valid, flat)

@@ -110,7 +110,7 @@ class SequentialRetriever(PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         rows = request_histories(model_input)
-        k = request_k(params, self.k, len(self.index))
+        k = request_k(params, self.k)
         histories, seen = self._histories(rows)
         with torch.no_grad():
             queries = self.network.user_vectors(torch.from_numpy(histories)).float().numpy()

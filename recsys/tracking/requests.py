@@ -49,15 +49,17 @@ def request_histories(model_input: Any) -> list[list[str]]:
     return [_history(v) for v in model_input[HISTORY]]
 
 
-def request_k(params: dict[str, Any] | None, default: int, most: int) -> int:
-    """``params.k`` (the list length) checked against ``[1, most]``."""
+def request_k(params: dict[str, Any] | None, default: int, most: int | None = None) -> int:
+    """``params.k`` (the list length), at least 1 and, where the model has a hard limit, at most ``most``
+    (a retriever asked for more items than the catalog holds simply returns all it has)."""
     raw = (params or {}).get("k", default)
+    bounds = "at least 1" if most is None else f"between 1 and {most}"
     try:
         k = int(raw)
     except (TypeError, ValueError):
-        raise bad_request(f"params.k={raw!r}: must be an integer between 1 and {most}.") from None
-    if not 1 <= k <= most:
-        raise bad_request(f"params.k={k}: must be between 1 and {most}.")
+        raise bad_request(f"params.k={raw!r}: must be an integer {bounds}") from None
+    if k < 1 or (most is not None and k > most):
+        raise bad_request(f"params.k={k}: must be {bounds}")
     return k
 
 

@@ -60,7 +60,7 @@ class RetrieverModel(PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         rows = request_histories(model_input)
-        k = request_k(params, self.k, len(self.index))
+        k = request_k(params, self.k)
         encoded = [self._encode(row) for row in rows]
         queries = (
             np.stack([v for v, _ in encoded]) if encoded else np.zeros((0, self.encoder.shape[1]), np.float32)

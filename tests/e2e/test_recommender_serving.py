@@ -145,7 +145,7 @@ def test_bench_serving_times_both_served_models_in_one_run(workspace: Path) -> N
     assert set(rows) == {(m, mode) for m in ("retriever", "recommender") for mode in ("single", "batch")}
     assert rows[("recommender", "batch")]["users_per_request"] == 10
     assert rows[("retriever", "single")]["requests"] == 6
-    for (model, mode), row in rows.items():
+    for (_, mode), row in rows.items():
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         # known users of the snapshot: every list is personalised, none is the popularity fallback
         assert row["fallback_rows"] == 0

@@ -20,8 +20,12 @@ from models.dlrm.candidates import (
     RETRIEVER_RANK,
     RETRIEVER_Z,
     SECONDS_PER_DAY,
+    Queries,
     Retrieved,
     _windowed_counts,
+    labelled_events,
+    list_rows,
+    relevant_events,
     retrieve,
     score_feature_column,
     split_queries,
@@ -36,7 +40,8 @@ from recsys.config import typed
 from recsys.errors import ConfigError
 from recsys.manifest import read_manifest
 from recsys.paths import RunPaths
-from recsys.schema import ITEM_IDX, LABEL, SPLIT, TIMESTAMP, USER_IDX
+from recsys.schema import FIRST_INDEX, ITEM_IDX, LABEL, SPLIT, TIMESTAMP, USER_IDX
+from recsys.scoring import FusedScorer, candidate_models, load_retriever_scorer, retriever_parts
 from recsys.tables import read_arrow
 from tests.models.test_dlrm_pyfunc import build_features, compose_cfg
 
@@ -152,6 +157,45 @@ def test_config_refuses_listwise_without_lists(ranker_config: DLRMConfig) -> Non
         replace(ranker_config, batch_size=K * LISTS_PER_BATCH + 1)
 
 
+class _Fixed:
+    """Scores every history alike (``[N]`` fixed scores): the fusion's arithmetic in isolation."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = np.asarray(scores, dtype=np.float32)
+
+    def score(self, histories: Any) -> np.ndarray:
+        return np.tile(self.scores, (len(list(histories)), 1))
+
+
+def test_fused_retriever_sums_per_row_z_scores_over_real_items() -> None:
+    # reserved indices (0, 1) carry huge scores: they must not move the parts' moments
+    a = _Fixed([1e6, 1e6, 1.0, 2.0, 3.0, 4.0])
+    b = _Fixed([-1e6, 0.0, 400.0, 300.0, 200.0, 100.0])
+    fused = FusedScorer({"a": a, "b": b}).score([np.array([2]), np.array([3])])
+    assert fused.shape == (2, 6)
+    # the parts are mirror images on the real items: their z-scores cancel, whatever their scales
+    np.testing.assert_allclose(fused[:, FIRST_INDEX:], 0.0, atol=1e-6)
+    c = _Fixed([0.0, 0.0, 10.0, 20.0, 30.0, 40.0])  # same order as a, 10x the scale
+    np.testing.assert_allclose(
+        FusedScorer({"a": a, "c": c}).score([np.array([2])])[0, FIRST_INDEX:],
+        2 * (np.arange(4) - 1.5) / np.std(np.arange(4)),
+        rtol=1e-5,
+    )
+
+
+def test_retriever_fusion_names_its_parts() -> None:
+    assert retriever_parts("sasrec+molar") == ("sasrec", "molar")
+    assert retriever_parts("ease") == ("ease",)
+    for bad in ("sasrec+", "ease+ease"):
+        with pytest.raises(ConfigError, match="fusion"):
+            retriever_parts(bad)
+    model = {
+        "task": "candidates",
+        "candidates": {"retriever": "sasrec+molar", "score_features": ["molar", "ease"]},
+    }
+    assert candidate_models(model) == ("sasrec", "molar", "ease")
+
+
 def _ranker_overrides() -> list[str]:
     return [
         "model=ranker",
@@ -221,6 +265,40 @@ def test_candidate_lists_are_point_in_time_and_unseen(two_stage: dict[str, Any])
         assert (rows[TIMESTAMP] == rows.groupby(USER_IDX)[TIMESTAMP].transform("min")).all()
     assert (parts["train"].groupby(USER_IDX)[LABEL].max() == 1).all()
     assert score_feature_column("mostpop") in parts["test"].columns
+
+
+def test_a_fused_retriever_loads_from_its_published_parts(two_stage: dict[str, Any]) -> None:
+    paths = RunPaths.from_cfg(two_stage["cfg"])
+    histories = [np.array([2, 3]), np.array([4])]
+    fused = load_retriever_scorer(paths, "ease+mostpop").score(histories)
+    parts = [load_retriever_scorer(paths, name).score(histories) for name in ("ease", "mostpop")]
+    z = [
+        (p - p[:, FIRST_INDEX:].mean(1, keepdims=True)) / p[:, FIRST_INDEX:].std(1, keepdims=True)
+        for p in parts
+    ]
+    np.testing.assert_allclose(fused, z[0] + z[1], rtol=1e-4, atol=1e-4)
+
+
+def test_rows_from_the_relevant_events_equal_rows_from_all(two_stage: dict[str, Any]) -> None:
+    """The served recommender builds its rows from the events of the request's users and candidates only."""
+    cfg = two_stage["cfg"]
+    paths = RunPaths.from_cfg(cfg)
+    model_cfg = typed(DLRMConfig, cfg["model"], "model")
+    events = labelled_events(paths.features, float(cfg["features"]["ctr"]["rating_threshold"]))
+    queries = split_queries(events, "test")
+    scorer = load_retriever_scorer(paths, "ease")
+    retrieved = retrieve(scorer, queries.histories, K)
+    recent = int(cfg["features"]["ctr"]["recent_items"])
+    full, valid = list_rows(paths.features, model_cfg, events, queries, retrieved, {}, recent)
+    mask = relevant_events(
+        events[USER_IDX].to_numpy(), events[ITEM_IDX].to_numpy(), queries.users[:3], retrieved.items[:3]
+    )
+    assert 0 < mask.sum() < len(events)
+    first = Queries(queries.users[:3], queries.times[:3], queries.histories[:3], queries.truth[:3])
+    head = Retrieved(retrieved.items[:3], retrieved.scores[:3], retrieved.z[:3])
+    some, some_valid = list_rows(paths.features, model_cfg, events[mask], first, head, {}, recent)
+    np.testing.assert_array_equal(some_valid, valid[:3])
+    assert some.equals(full.slice(0, some.num_rows))
 
 
 def test_ranker_trains_on_lists_and_reports_list_ndcg(two_stage: dict[str, Any]) -> None:
