@@ -183,6 +183,9 @@ class DLRMConfig:
     candidates: CandidatesConfig | None = None
     # Validation metric that picks the best epoch and drives early stopping (test/... is the promotion gate).
     monitor: str = "val/auc"
+    # Networks (dense, interaction and over arches) over the same tables, each initialised apart and trained
+    # on its own loss; the logit is their mean: an ensemble in one model, one state dict, one pyfunc.
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -247,6 +250,12 @@ class DLRMConfig:
             )
         if self.interaction not in INTERACTIONS:
             raise ConfigError(f"model.interaction={self.interaction!r}; choose one of {INTERACTIONS}.")
+        if self.replicas < 1:
+            raise ConfigError(f"model.replicas={self.replicas}: must be >= 1 (1 = a single network).")
+        if self.replicas > 1 and self.factorization_head is not None:
+            raise ConfigError(
+                "model.replicas > 1 with a model.factorization_head: choose one way of averaging rankers."
+            )
         if self.dense_arch_layer_sizes[-1] != self.embedding_dim:
             raise ConfigError(
                 f"model.dense_arch_layer_sizes must end with embedding_dim={self.embedding_dim}, "

@@ -160,10 +160,15 @@ class DLRMLitModule(pl.LightningModule):
         The objective's loss (BCE-with-logits, or :func:`ordinal_loss` with ``objective=ordinal``, which
         needs ``batch.ratings`` and the ``cut_shifts`` set by :meth:`setup`) of the network's logits; with a
         factorization head, plus the same loss of the head's own logits and its L2 term. Each head learns to
-        predict alone, so their mean is an average of two rankers rather than one co-adapted sum.
+        predict alone, so their mean is an average of two rankers rather than one co-adapted sum; with
+        ``model.replicas`` > 1 the loss is the sum of each replica network's own loss, for the same reason.
         """
         output: RankerOutput = self._dmp()(batch, heads=True)
-        loss = self._objective(output.network, batch)
+        if output.replicas is not None:
+            # each replica learns alone (its own loss), so the mean averages independent rankers
+            loss = torch.stack([self._objective(logits, batch) for logits in output.replicas]).sum()
+        else:
+            loss = self._objective(output.network, batch)
         head = self.cfg.factorization_head
         if head is not None and output.factorization is not None and output.factor_squared_norms is not None:
             loss = loss + self._objective(output.factorization, batch)

@@ -172,11 +172,14 @@ class RankerOutput(NamedTuple):
         network: ``[B]`` logits of the DLRM / DCNv2 network.
         factorization: ``[B]`` logits of the factorization head, None without one.
         factor_squared_norms: ``[B]`` summed squared norms of the head's looked-up rows, None without one.
+        replicas: ``model.replicas`` tensors ``[B]``, each replica network's logits (``network`` is their
+            mean), None with a single network.
     """
 
     network: torch.Tensor
     factorization: torch.Tensor | None = None
     factor_squared_norms: torch.Tensor | None = None
+    replicas: tuple[torch.Tensor, ...] | None = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -223,25 +226,14 @@ class DLRMRanker(nn.Module):
             )
         self.interaction = cfg.interaction
         self.dense_in_features = len(cfg.dense_features)
-        self.model: DLRM
-        if cfg.interaction == "dcn":
-            self.model = DLRM_DCN(
-                embedding_bag_collection=embedding_bag_collection,
-                dense_in_features=self.dense_in_features,
-                dense_arch_layer_sizes=list(cfg.dense_arch_layer_sizes),
-                over_arch_layer_sizes=list(cfg.over_arch_layer_sizes),
-                dcn_num_layers=cfg.dcn_num_layers,
-                dcn_low_rank_dim=cfg.dcn_low_rank_dim,
-                dense_device=dense_device,
-            )
-        else:
-            self.model = DLRM(
-                embedding_bag_collection=embedding_bag_collection,
-                dense_in_features=self.dense_in_features,
-                dense_arch_layer_sizes=list(cfg.dense_arch_layer_sizes),
-                over_arch_layer_sizes=list(cfg.over_arch_layer_sizes),
-                dense_device=dense_device,
-            )
+        self.model: DLRM = _network(cfg, embedding_bag_collection, dense_device)
+        # Replica networks look embeddings up through self.model's sparse arch (one set of tables, one
+        # lookup per batch; DMP shards the tables once): their own sparse arch is removed.
+        self.replicas = nn.ModuleList()
+        for _ in range(cfg.replicas - 1):
+            replica = _network(cfg, embedding_bag_collection, dense_device)
+            del replica.sparse_arch
+            self.replicas.append(replica)
         self.factorization: FactorizationHead | None = None
         if cfg.factorization_head is not None and factorization_tables is not None:
             self.factorization = FactorizationHead(cfg.factorization_head, factorization_tables, dense_device)
@@ -265,11 +257,46 @@ class DLRMRanker(nn.Module):
         Returns:
             ``[B]`` float32 logits (apply ``sigmoid`` for click probabilities), or a :class:`RankerOutput`.
         """
+        if len(self.replicas):
+            embedded = self.model.sparse_arch(batch.sparse)
+            towers = tuple(
+                _tower(network, batch.dense, embedded).squeeze(-1) for network in (self.model, *self.replicas)
+            )
+            output = RankerOutput(torch.stack(towers).mean(dim=0), replicas=towers)
+            return output if heads else output.logits
         network: torch.Tensor = self.model(dense_features=batch.dense, sparse_features=batch.sparse)
         output = RankerOutput(network.squeeze(-1))
         if self.factorization is not None:
             output = RankerOutput(output.network, *self.factorization(batch.sparse))
         return output if heads else output.logits
+
+
+def _network(cfg: DLRMConfig, tables: EmbeddingBagCollection, dense_device: torch.device | None) -> DLRM:
+    if cfg.interaction == "dcn":
+        return DLRM_DCN(
+            embedding_bag_collection=tables,
+            dense_in_features=len(cfg.dense_features),
+            dense_arch_layer_sizes=list(cfg.dense_arch_layer_sizes),
+            over_arch_layer_sizes=list(cfg.over_arch_layer_sizes),
+            dcn_num_layers=cfg.dcn_num_layers,
+            dcn_low_rank_dim=cfg.dcn_low_rank_dim,
+            dense_device=dense_device,
+        )
+    return DLRM(
+        embedding_bag_collection=tables,
+        dense_in_features=len(cfg.dense_features),
+        dense_arch_layer_sizes=list(cfg.dense_arch_layer_sizes),
+        over_arch_layer_sizes=list(cfg.over_arch_layer_sizes),
+        dense_device=dense_device,
+    )
+
+
+def _tower(network: DLRM, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    """``network``'s dense, interaction and over arches on already looked-up embeddings (DLRM.forward
+    without its sparse arch): ``[B, 1]`` logits."""
+    interacted = network.inter_arch(dense_features=network.dense_arch(dense), sparse_features=embedded)
+    logits: torch.Tensor = network.over_arch(interacted)
+    return logits
 
 
 def build_ranker(

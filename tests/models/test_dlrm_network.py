@@ -25,6 +25,7 @@ from models.dlrm.config import (
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.network import DLRMRanker, build_embedding_bag_collection
 from models.dlrm.strategy import TorchRecStrategy
+from recsys.errors import ConfigError
 
 COUNTS = {"num_users": 40, "num_items": 60, "num_categories": 8}
 MAX_CATEGORIES_PER_ROW = 3
@@ -154,6 +155,44 @@ def test_unsharded_forward_gives_one_finite_logit_per_row(interaction: str) -> N
     )
     first_over = next(m for m in ranker.model.over_arch.modules() if isinstance(m, torch.nn.Linear))
     assert first_over.in_features == expected_in
+
+
+@pytest.mark.parametrize("interaction", ["dot", "dcn"])
+def test_replicas_average_independent_networks_over_one_lookup(interaction: str) -> None:
+    cfg = dataclasses.replace(make_config(interaction), replicas=3)
+    torch.manual_seed(0)
+    ranker = DLRMRanker(cfg, build_embedding_bag_collection(cfg, COUNTS, torch.device("cpu")))
+    # one set of tables: the replicas carry dense parts only
+    assert len(ranker.replicas) == 2 and all(not hasattr(r, "sparse_arch") for r in ranker.replicas)
+    tables = [n for n, _ in ranker.named_parameters() if "embedding_bags" in n]
+    assert len(tables) == len(cfg.tables)
+    batch = make_batch(cfg, torch.Generator().manual_seed(1), batch_size=5)
+    output = ranker(batch, heads=True)
+    assert output.replicas is not None and len(output.replicas) == 3
+    torch.testing.assert_close(output.logits, torch.stack(output.replicas).mean(dim=0))
+    # initialised apart: the replicas disagree
+    assert not torch.allclose(output.replicas[0], output.replicas[1])
+    # the first replica is the plain network: the same logits its own forward gives
+    torch.testing.assert_close(
+        output.replicas[0], ranker.model(dense_features=batch.dense, sparse_features=batch.sparse).squeeze(-1)
+    )
+    with pytest.raises(ConfigError, match="replicas"):
+        dataclasses.replace(cfg, replicas=0)
+
+
+def test_replica_loss_is_the_sum_of_each_replicas_own_loss() -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(make_config("dcn"), replicas=2)
+    module = DLRMLitModule(cfg, COUNTS)
+    make_trainer(1).fit(module, loader(make_batches(cfg, n=1, seed=1)))
+    batch = make_batches(cfg, n=1, seed=2)[0]
+    with torch.no_grad():
+        loss, logits = module.compute_loss(batch)
+        output = module._dmp()(batch, heads=True)
+    assert output.replicas is not None
+    each = [torch.nn.functional.binary_cross_entropy_with_logits(r, batch.labels) for r in output.replicas]
+    torch.testing.assert_close(loss, each[0] + each[1])
+    torch.testing.assert_close(logits, output.logits)
 
 
 def test_tables_are_sized_from_manifest_counts_and_capped_by_max_rows() -> None:
