@@ -13,7 +13,7 @@ from models.dlrm.config import DLRMBenchConfig, DLRMConfig
 from models.reclora.config import RecLoRABenchSettings, RecLoRAConfig
 from models.sequential.config import SequentialBenchSettings, SequentialConfig
 from recsys.config import register_schema
-from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings
+from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings, ServingBenchSettings
 
 MODEL_SCHEMAS: dict[str, type[Any]] = {
     "dlrm": DLRMConfig,
@@ -28,6 +28,7 @@ BENCH_SCHEMAS: dict[str, type[Any]] = {
     "dlrm": DLRMBenchConfig,
     "sequential": SequentialBenchSettings,
     "reclora": RecLoRABenchSettings,
+    "serving": ServingBenchSettings,
 }
 """``bench.name`` (``conf/bench/<name>.yaml``) -> schema of the bench option."""
 

@@ -26,6 +26,7 @@ from recsys.errors import ConfigError
 from recsys.paths import RunPaths
 from recsys.schema import ITEM_ID, ITEM_IDX, TIMESTAMP, USER_ID, USER_IDX
 from recsys.serving import invoke, served
+from recsys.settings import ServingBenchSettings
 from recsys.tables import read_arrow
 from recsys.tracking.requests import FALLBACK, HISTORY
 from recsys.tracking.runs import configure
@@ -34,23 +35,6 @@ RECOMMENDER = "recommender"
 RETRIEVER = "retriever"
 SINGLE = "single"
 BATCH = "batch"
-
-
-@dataclass(frozen=True)
-class ServingBenchConfig:
-    """``conf/bench/serving.yaml``."""
-
-    name: str
-    recommender_uri: str
-    retriever_uri: str
-    single_requests: int
-    batch_requests: int
-    batch_users: int
-    warmup_requests: int
-    k: int
-    workers: int
-    seed: int
-    out_dir: str
 
 
 @dataclass(frozen=True)
@@ -116,7 +100,7 @@ def _measure(
     label: str,
     uri: str,
     tracking_uri: str,
-    bench: ServingBenchConfig,
+    bench: ServingBenchSettings,
     requests: dict[str, list[pd.DataFrame]],
 ) -> list[Latencies]:
     with_user = label == RECOMMENDER
@@ -132,7 +116,7 @@ def _measure(
 
 
 def run_serving_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    bench = typed(ServingBenchConfig, cfg["bench"], "bench")
+    bench = typed(ServingBenchSettings, cfg["bench"], "bench")
     if min(bench.single_requests, bench.batch_requests, bench.batch_users) < 1:
         raise ConfigError("bench serving: single_requests, batch_requests and batch_users must be >= 1.")
     configure(cfg["tracking"])

@@ -442,6 +442,23 @@ class FeaturesBenchSettings:
 
 
 @dataclass(frozen=True)
+class ServingBenchSettings:
+    """``conf/bench/serving.yaml`` (``recsys bench serving``: served recommender vs served retriever)."""
+
+    name: str
+    recommender_uri: str
+    retriever_uri: str
+    single_requests: int
+    batch_requests: int
+    batch_users: int
+    warmup_requests: int
+    k: int
+    workers: int
+    seed: int
+    out_dir: str
+
+
+@dataclass(frozen=True)
 class RetrievalBenchSettings:
     """``conf/bench/retrieval.yaml`` (``recsys bench retrieval``: FAISS indexes vs the exact one)."""
 

@@ -20,7 +20,7 @@ from models.schemas import BENCH_SCHEMAS, register_model_schemas
 from models.sequential.config import SequentialBenchSettings, SequentialConfig
 from recsys.config import as_dict, compose, conf_dir, to_plain, typed
 from recsys.errors import ConfigError
-from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings, TrainerConfig
+from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings, ServingBenchSettings, TrainerConfig
 from recsys.structured import schema_for
 
 register_model_schemas()
@@ -110,6 +110,7 @@ def test_registered_schemas() -> None:
         "dlrm": DLRMBenchConfig,
         "sequential": SequentialBenchSettings,
         "reclora": RecLoRABenchSettings,
+        "serving": ServingBenchSettings,
     }
     assert expected == BENCH_SCHEMAS
     for name, schema in expected.items():
