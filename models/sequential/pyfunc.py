@@ -30,15 +30,13 @@ from recsys.retrieval.index import ItemIndex
 from recsys.schema import FIRST_INDEX, PADDING_INDEX
 from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
 from recsys.tracking.requests import (
-    FALLBACK,
     HISTORY,
-    ITEM_IDS,
     POPULARITY_ARTIFACT,
-    SCORES,
     PopularItems,
     request_histories,
     request_k,
     save_popularity,
+    search_answer,
 )
 
 ARTIFACT_CONFIG = "config"
@@ -116,23 +114,7 @@ class SequentialRetriever(PythonModel):
             queries = self.network.user_vectors(torch.from_numpy(histories)).float().numpy()
         fetch = min(k + max((len(s) for s in seen), default=0), len(self.index))
         found, scores = self.index.search(np.ascontiguousarray(queries), max(fetch, 1))
-        out_ids, out_scores, fallback = [], [], []
-        for row_seen, row_ids, row_scores in zip(seen, found, scores, strict=True):
-            if not row_seen:
-                ids, values = self.popular.top(row_seen, k)
-                out_ids.append(ids)
-                out_scores.append(values)
-                fallback.append(True)
-                continue
-            keep = [
-                (int(i), float(s))
-                for i, s in zip(row_ids, row_scores, strict=True)
-                if i >= 0 and int(i) not in row_seen
-            ][:k]
-            out_ids.append([str(self.item_ids[i]) for i, _ in keep])
-            out_scores.append([s for _, s in keep])
-            fallback.append(False)
-        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})
+        return search_answer(found, scores, seen, k, self.item_ids, self.popular)
 
 
 def log_sequential(

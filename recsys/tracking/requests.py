@@ -9,6 +9,7 @@ message shows the expected shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,34 @@ class PopularItems:
             if int(item) not in seen:
                 picked.append(int(item))
         return [str(self.item_ids[i]) for i in picked], [float(self.counts[i]) for i in picked]
+
+
+def search_answer(
+    found: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    seen: Sequence[set[int]],
+    k: int,
+    item_ids: npt.ArrayLike,
+    popular: PopularItems,
+) -> pd.DataFrame:
+    """The answer of a served retriever from its index search (``found`` / ``scores`` ``[R, fetch]``, best
+    first, ``-1`` padding): per row the first ``k`` hits not in the row's history (``seen`` item indices),
+    or, for a row with no known item, the popularity fallback; ``item_ids, scores, fallback`` columns."""
+    ids = np.asarray(item_ids).astype(str)
+    out_ids, out_scores, fallback = [], [], []
+    for row_seen, row_ids, row_scores in zip(seen, found, scores, strict=True):
+        if not row_seen:
+            top_ids, top_scores = popular.top(row_seen, k)
+            out_ids.append(top_ids)
+            out_scores.append(top_scores)
+            fallback.append(True)
+            continue
+        keep = [
+            (int(i), float(s))
+            for i, s in zip(row_ids, row_scores, strict=True)
+            if i >= 0 and int(i) not in row_seen
+        ][:k]
+        out_ids.append([str(ids[i]) for i, _ in keep])
+        out_scores.append([s for _, s in keep])
+        fallback.append(False)
+    return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})

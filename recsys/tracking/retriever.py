@@ -22,15 +22,13 @@ from recsys.schema import FIRST_INDEX
 from recsys.stage import PublishedVectors
 from recsys.tracking.models import ModelInfo, PythonModel, log_pyfunc
 from recsys.tracking.requests import (
-    FALLBACK,
     HISTORY,
-    ITEM_IDS,
     POPULARITY_ARTIFACT,
-    SCORES,
     PopularItems,
     request_histories,
     request_k,
     save_popularity,
+    search_answer,
 )
 
 
@@ -67,23 +65,7 @@ class RetrieverModel(PythonModel):
         )
         fetch = min(k + max((len(s) for _, s in encoded), default=0), len(self.item_ids))
         found, scores = self.index.search(queries, fetch)
-        out_ids, out_scores, fallback = [], [], []
-        for (_, seen), row_ids, row_scores in zip(encoded, found, scores, strict=True):
-            if not seen:
-                ids, values = self.popular.top(seen, k)
-                out_ids.append(ids)
-                out_scores.append(values)
-                fallback.append(True)
-                continue
-            keep = [
-                (int(i), float(s))
-                for i, s in zip(row_ids, row_scores, strict=True)
-                if i >= 0 and i not in seen
-            ]
-            out_ids.append([str(self.item_ids[i]) for i, _ in keep[:k]])
-            out_scores.append([s for _, s in keep[:k]])
-            fallback.append(False)
-        return pd.DataFrame({ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback})
+        return search_answer(found, scores, [seen for _, seen in encoded], k, self.item_ids, self.popular)
 
 
 def log_retriever(

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from models.sequential.pyfunc import HISTORY, ITEM_IDS, SequentialRetriever
+from models.sequential.pyfunc import SequentialRetriever
 from recsys.tables import read_arrow
+from recsys.tracking.requests import HISTORY, ITEM_IDS
 
 DATE = "1998-04-23"
 

@@ -14,10 +14,10 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from models.sequential.network import MolarNet, SASRec, build_network
-from models.sequential.pyfunc import HISTORY, ITEM_IDS, SCORES, load_network, log_sequential, save_model
+from models.sequential.pyfunc import load_network, log_sequential, save_model
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.schema import FIRST_INDEX
-from recsys.tracking.requests import FALLBACK
+from recsys.tracking.requests import FALLBACK, HISTORY, ITEM_IDS, SCORES
 from tests.models.test_sequential_network import NUM_ITEMS, small_config
 
 K = 4
