@@ -70,11 +70,17 @@ def retriever_folder(paths: RunPaths, name: str) -> Path:
     return trained if (trained / MANIFEST_FILE).is_file() else paths.evaluate(name)
 
 
-def candidate_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The published models a candidate ranker (``task: candidates``) reads: its retriever, then its
-    score-feature models; none for any other model."""
+def _candidate_spec(model_cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """``model.candidates`` of a candidate ranker (``task: candidates``); None for any other model."""
     candidates = model_cfg.get("candidates")
-    if model_cfg.get("task") != "candidates" or not candidates:
+    return candidates if model_cfg.get("task") == "candidates" and candidates else None
+
+
+def candidate_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The published models a candidate ranker reads: its retriever's parts, then its score-feature models;
+    none for any other model."""
+    candidates = _candidate_spec(model_cfg)
+    if candidates is None:
         return ()
     names = [
         *retriever_parts(str(candidates["retriever"])),
@@ -86,10 +92,8 @@ def candidate_models(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
 def reranked_retriever(model_cfg: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
     """The retriever whose lists a ranker's ``rerank`` stage re-orders: a candidate ranker's own, else
     ``evaluation.rerank_retriever``."""
-    candidates = model_cfg.get("candidates")
-    if model_cfg.get("task") == "candidates" and candidates:
-        return str(candidates["retriever"])
-    return str(evaluation["rerank_retriever"])
+    candidates = _candidate_spec(model_cfg)
+    return str(evaluation["rerank_retriever"] if candidates is None else candidates["retriever"])
 
 
 def load_retriever_scorer(paths: RunPaths, name: str) -> SequenceScorer:
