@@ -4,9 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RECBOLE_PIN := recbole==1.2.1
-TORCH_PIN := torch==2.13.0
-TORCHREC_PIN := torchrec==1.8.0
+CONSTRAINTS := constraints-cpu.txt
+EXTRAS := cpu,llm,bench,dev
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: install demo test lint typecheck unit bench clean
@@ -15,13 +14,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml Makefile
-	# torch first and pinned: the CPU wheel is on local disk; letting a resolver pick pulls a CUDA build.
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev]"
-	# No dependencies for these two: recbole is used only for the MovieLens-100K files it ships; torchrec
-	# declares the CUDA fbgemm-gpu, which clashes with fbgemm-gpu-cpu (installed from pyproject.toml).
-	$(BIN)/pip install --quiet --no-deps $(RECBOLE_PIN) $(TORCHREC_PIN)
+$(STAMP): $(BIN)/python pyproject.toml Makefile $(CONSTRAINTS)
+	# Exact versions come from the constraints file; torch first: its CPU wheel is on local disk, and letting
+	# a resolver pick torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	# No dependencies for these two (pyproject.toml says why): recbole is read only for the MovieLens-100K
+	# files it ships; torchrec declares the CUDA fbgemm-gpu, which clashes with fbgemm-gpu-cpu.
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) --no-deps recbole torchrec
 	touch $(STAMP)
 
 install: $(STAMP)

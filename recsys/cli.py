@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from recsys.config import compose, conf_dir, to_plain
 from recsys.console import console, print_table
 from recsys.errors import RecsysError
+from recsys.extras import missing_dependency
 from recsys.paths import RunPaths
 from recsys.stage import StageResult
 
@@ -250,21 +252,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         handler(cfg, args)
     except RecsysError as exc:
-        console.print(f"[bold red]recsys {args.command} failed:[/bold red] {exc}", soft_wrap=True)
-        return EXIT_USER_ERROR
+        return _failed(args.command, exc)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return EXIT_INTERNAL_ERROR
+    except ModuleNotFoundError as exc:
+        missing = missing_dependency(exc)
+        if missing is None:
+            return _crashed(args.command, exc)
+        return _failed(args.command, missing)
     except Exception as exc:
-        if os.environ.get("RECSYS_DEBUG") == "1":
-            traceback.print_exc()
-        console.print(
-            f"[bold red]recsys {args.command} crashed:[/bold red] {type(exc).__name__}: {exc}. "
-            "This is a bug; rerun with RECSYS_DEBUG=1 for the traceback.",
-            soft_wrap=True,
-        )
-        return EXIT_INTERNAL_ERROR
+        return _crashed(args.command, exc)
     return 0
+
+
+def _failed(command: str, exc: RecsysError) -> int:
+    # Escaped: messages quote overrides and extras ("[llm]") that rich would read as markup.
+    console.print(f"[bold red]recsys {command} failed:[/bold red] {escape(str(exc))}", soft_wrap=True)
+    return EXIT_USER_ERROR
+
+
+def _crashed(command: str, exc: BaseException) -> int:
+    if os.environ.get("RECSYS_DEBUG") == "1":
+        traceback.print_exception(exc)
+    console.print(
+        f"[bold red]recsys {command} crashed:[/bold red] {type(exc).__name__}: {escape(str(exc))}. "
+        "This is a bug; rerun with RECSYS_DEBUG=1 for the traceback.",
+        soft_wrap=True,
+    )
+    return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

