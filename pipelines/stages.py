@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.common.trainer import require_accelerator
 from models.schemas import register_model_schemas
 from pipelines.graph import PipelineConfig
 from recsys.config import register_schema
 from recsys.errors import ConfigError, InputError
 from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
 from recsys.scoring import candidate_models, register_scorer_source, reranked_retriever, retriever_folder
+from recsys.settings import TrainerConfig
 from recsys.stage import ModelFamily, ScorerSource, StageResult
+from recsys.structured import typed
 from recsys.tracking.runs import StageScope, current_scope, stage_scope
 
 
@@ -120,6 +123,24 @@ def check_family_stage(kind: str, cfg: Mapping[str, Any]) -> None:
     if kind not in FAMILY_STAGES[family]:
         verbs = " / ".join(f"`recsys {k} model={_model(cfg)}`" for k in FAMILY_STAGES[family])
         raise ConfigError(f"model={_model(cfg)} (family {family}) has no {kind} stage; its stages: {verbs}.")
+    if kind == TRAIN:
+        _check_trainer(typed(TrainerConfig, cfg["trainer"], "trainer"))
+
+
+def _launched() -> bool:
+    """Whether this process is one rank of a launch (torchrun, or our own local launcher)."""
+    return "LOCAL_RANK" in os.environ or "RANK" in os.environ
+
+
+def _check_trainer(trainer: TrainerConfig) -> None:
+    """The devices a training asks for exist here, and a multi-node one was started by torchrun."""
+    require_accelerator(trainer)
+    if trainer.num_nodes > 1 and not _launched():
+        raise ConfigError(
+            f"trainer.num_nodes={trainer.num_nodes}: a multi-node training is started by torchrun on every "
+            "node (`torchrun --nnodes=N --nproc-per-node=DEVICES ... -m recsys.cli train ...`, "
+            "pipelines/examples/README.md); this command was not."
+        )
 
 
 def _model(cfg: Mapping[str, Any]) -> str:
@@ -169,7 +190,7 @@ def _train(cfg: Mapping[str, Any]) -> StageResult:
     (unless this process already is one rank of a launch, e.g. under ``torchrun``)."""
     train = _family_stage(TRAIN, cfg)
     devices = int(cfg["trainer"]["devices"])
-    if devices > 1 and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+    if devices > 1 and not _launched():
         from models.common.launch import launch_local
 
         # Lightning would otherwise start the extra processes by re-running this command line (the whole

@@ -37,6 +37,8 @@ class TrainerConfig:
     devices: int
     check_val_every_n_epoch: int
     log_every_n_steps: int
+    # Machines of one training; above 1, every node runs the command under torchrun (gpu_multinode.yaml).
+    num_nodes: int = 1
     # null = every batch; an int = that many batches; a float in [0, 1] = that fraction.
     limit_train_batches: Any = None
     limit_val_batches: Any = None
@@ -47,6 +49,8 @@ class TrainerConfig:
             _check_limit(key, getattr(self, key))
         if self.devices < 1:
             raise ConfigError(f"config key trainer.devices={self.devices}: must be >= 1.")
+        if self.num_nodes < 1:
+            raise ConfigError(f"config key trainer.num_nodes={self.num_nodes}: must be >= 1.")
 
 
 # --- paths, run ---------------------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ def train_conventional(
     trainer = build_trainer(
         typed(TrainerConfig, trainer_cfg, "trainer"),
         devices=1,
+        num_nodes=1,
         strategy=TorchRecStrategy(),
         max_epochs=cfg.epochs,
         logger=False,

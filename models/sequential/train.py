@@ -165,6 +165,7 @@ def train_seed(
         trainer = build_trainer(
             trainer_cfg,
             devices=1,
+            num_nodes=1,
             max_epochs=model_cfg.max_epochs,
             logger=logger,
             callbacks=[
