@@ -7,10 +7,12 @@ Raw ids are strings (`user_id`, `item_id`); the contiguous integer ids the model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
-from pyspark.sql import types as T
+
+if TYPE_CHECKING:
+    from pyspark.sql import types as T
 
 # Canonical column names.
 USER_ID = "user_id"
@@ -38,15 +40,6 @@ SPLITS = ("train", "valid", "test")
 
 ColumnType = Literal["string", "long", "double", "int", "string_list", "double_list", "long_list"]
 
-_SPARK_TYPES: dict[str, T.DataType] = {
-    "string": T.StringType(),
-    "long": T.LongType(),
-    "double": T.DoubleType(),
-    "int": T.IntegerType(),
-    "string_list": T.ArrayType(T.StringType()),
-    "double_list": T.ArrayType(T.DoubleType()),
-    "long_list": T.ArrayType(T.LongType()),
-}
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "long": pa.int64(),
@@ -90,8 +83,20 @@ class TableSchema:
         raise KeyError(f"table {self.name!r} has no column {name!r}")
 
     def to_spark(self) -> T.StructType:
+        # Imported here: served models read these schemas too, and their environments have no Spark.
+        from pyspark.sql import types as T
+
+        spark_types: dict[str, T.DataType] = {
+            "string": T.StringType(),
+            "long": T.LongType(),
+            "double": T.DoubleType(),
+            "int": T.IntegerType(),
+            "string_list": T.ArrayType(T.StringType()),
+            "double_list": T.ArrayType(T.DoubleType()),
+            "long_list": T.ArrayType(T.LongType()),
+        }
         return T.StructType(
-            [T.StructField(c.name, _SPARK_TYPES[c.type], nullable=not c.required) for c in self.columns]
+            [T.StructField(c.name, spark_types[c.type], nullable=not c.required) for c in self.columns]
         )
 
     def to_arrow(self) -> pa.Schema:

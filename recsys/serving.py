@@ -7,18 +7,21 @@ instead of calling ``predict`` in-process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from recsys.errors import RecsysError
 
@@ -38,10 +41,20 @@ def free_port() -> int:
 
 @contextmanager
 def served(
-    model_uri: str, tracking_uri: str, cwd: Path, *, workers: int = 1, start_timeout_s: float = 120.0
+    model_uri: str,
+    tracking_uri: str,
+    cwd: Path,
+    *,
+    workers: int = 1,
+    start_timeout_s: float = 120.0,
+    env_manager: str = "local",
 ) -> Iterator[int]:
-    """Serve ``model_uri`` with this interpreter's environment (``--env-manager local``); yields the port
-    once /ping answers and stops the server on exit."""
+    """Serve ``model_uri``; yields the port once /ping answers and stops the server on exit.
+
+    ``env_manager="local"`` serves with this interpreter's environment; ``"virtualenv"`` lets MLflow build
+    the model's own environment from its requirements first (pyenv for its Python, then pip: minutes the
+    first time, reused afterwards from ``~/.mlflow/envs``), so ``start_timeout_s`` must cover the build.
+    """
     port = free_port()
     bin_dir = Path(sys.executable).parent
     # `mlflow models serve --env-manager local` starts `uvicorn` from PATH: the venv must be on it.
@@ -50,39 +63,58 @@ def served(
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    server = subprocess.Popen(
-        [*command, "-h", LOOPBACK, "-p", str(port), "-w", str(workers)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    output = server.stdout.read() if server.stdout else ""
-                    raise ServingError(
-                        f"mlflow models serve -m {model_uri} did not answer /ping within "
-                        f"{start_timeout_s:.0f}s; its output ends with:\n{output[-2000:]}"
-                    ) from None
-                time.sleep(PING_INTERVAL_S)
-        yield port
-    finally:
-        server.terminate()
+    env.pop("PYTHONPATH", None)
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", env_manager]
+    # Output to a file, not a pipe: an environment build prints more than a pipe holds unread.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        server = subprocess.Popen(
+            [*command, "-h", LOOPBACK, "-p", str(port), "-w", str(workers)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Its own process group: the server's workers (and, with virtualenv, the activating shell's
+            # children) stop with it.
+            start_new_session=True,
+        )
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
+            _wait_for_ping(server, port, start_timeout_s, model_uri, log)
+            yield port
+        finally:
+            _stop(server, signal.SIGTERM)
+
+
+def _wait_for_ping(
+    server: subprocess.Popen[str], port: int, timeout_s: float, model_uri: str, log: IO[str]
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/ping", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                _stop(server, signal.SIGKILL)
+                log.seek(0)
+                raise ServingError(
+                    f"mlflow models serve -m {model_uri} did not answer /ping within "
+                    f"{timeout_s:.0f}s; its output ends with:\n{log.read()[-2000:]}"
+                ) from None
+            time.sleep(PING_INTERVAL_S)
+
+
+def _stop(server: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """Signal the server's whole process group, then make sure it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, sig)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 def invoke(port: int, payload: dict[str, Any], timeout_s: float = 60.0) -> tuple[int, Any]:

@@ -45,6 +45,9 @@ from recsys.schema import LABEL
 from recsys.tracking.models import ModelInfo, PythonModel, load_from_artifacts, log_pyfunc
 
 SCORE = "score"
+# Third-party modules the scorer imports when it loads and predicts (its requirements, pinned at logging):
+# the TorchRec network, its FBGEMM kernels, and the Lightning module the checkpoint is read through.
+SERVING_MODULES = ("torch", "torchrec", "fbgemm_gpu", "lightning", "scipy")
 ARTIFACT_CONFIG = "config"
 ARTIFACT_COUNTS = "counts"
 ARTIFACT_STATE = "state_dict"
@@ -273,7 +276,7 @@ def log_dlrm(
     """
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = save_artifacts(weights, cfg, counts, Path(tmp))
-        return log_pyfunc(MODEL_NAME, DLRMScorer, artifacts, example_rows)
+        return log_pyfunc(MODEL_NAME, DLRMScorer, artifacts, example_rows, requires=SERVING_MODULES)
 
 
 def load_published_ranker(folder: Path) -> CPUScorer:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from models.dlrm.candidates import Queries, list_rows, relevant_events, retrieve, score_z
 from models.dlrm.config import DLRMConfig
-from models.dlrm.pyfunc import ARTIFACT_CONFIG, ARTIFACT_COUNTS, ARTIFACT_STATE, DLRMScorer
+from models.dlrm.pyfunc import ARTIFACT_CONFIG, ARTIFACT_COUNTS, ARTIFACT_STATE, SERVING_MODULES, DLRMScorer
 from models.dlrm.rerank import rerank, scatter_scores, score_rows
 from recsys.manifest import read_manifest
 from recsys.paths import RunPaths
@@ -254,4 +254,11 @@ def log_recommender(cfg: Mapping[str, Any], ranker_folder: Path, model_cfg: DLRM
                 USER_ID: [str(users[FIRST_INDEX]), None],
             }
         )
-        return log_pyfunc(MODEL_NAME, lambda: TwoStageRecommender(k), artifacts, example, params={"k": k})
+        return log_pyfunc(
+            MODEL_NAME,
+            lambda: TwoStageRecommender(k),
+            artifacts,
+            example,
+            requires=(*SERVING_MODULES, "faiss"),
+            params={"k": k},
+        )

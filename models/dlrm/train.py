@@ -190,7 +190,17 @@ def _register(
     manifest = read_manifest(folder)
     eval_set = f"{manifest.source_fingerprint[:16]}-{manifest.config_hash[:16]}"
     name = f"{cfg['prefix']}-{model_cfg.name}"
-    return register_and_gate(info.model_uri, name, run_id, promotion_metric(model_cfg), eval_set)
+    return register_and_gate(
+        info.model_uri, name, run_id, promotion_metric(model_cfg), eval_set, internal=INTERNAL_SCORER
+    )
+
+
+# The scorer reads the features stage's encoded rows (user_idx, item_idx, ctr and recency features);
+# a client has raw ids and a history, which is what the two-stage recommender takes.
+INTERNAL_SCORER = (
+    "scores the encoded CTR feature rows the features stage writes (user_idx, item_idx, ... as in its "
+    "signature); clients call the two-stage recommender (recsys-recommender: raw user id + item history)."
+)
 
 
 def promotion_metric(model_cfg: DLRMConfig) -> str:

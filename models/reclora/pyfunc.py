@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,17 @@ _BACKBONE_FILES = (
     "merges.txt",
     "tokenizer.model",
 )
-_REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "numpy", "pandas", "pyarrow", "mlflow")
+# Third-party modules the scorer imports when it loads and predicts (its pinned requirements).
+SERVING_MODULES = (
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "lightning",
+    "torchrec",
+    "fbgemm_gpu",
+)
 # Rows scored per batch inside predict (memory only).
 _PREDICT_BATCH = 64
 
@@ -219,12 +228,6 @@ class RecLoRAScorer(PythonModel):
         return pd.DataFrame({SCORE: scores})
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the scorer; given explicitly because MLflow's inference re-imports the model in
-    a subprocess (minutes for torch + transformers on a small CPU machine)."""
-    return [f"{name}=={version(name)}" for name in _REQUIREMENTS]
-
-
 def log_reclora(
     model: RecLoRAModel,
     rcfg: RecLoRAConfig,
@@ -243,7 +246,7 @@ def log_reclora(
             folder, model, rcfg, conventional, builder, backbone_folder, retriever, item_ids, user_ids
         )
         return log_pyfunc(
-            MODEL_NAME, RecLoRAScorer, {ARTIFACT: str(folder)}, example, pip_requirements=pip_requirements()
+            MODEL_NAME, RecLoRAScorer, {ARTIFACT: str(folder)}, example, requires=SERVING_MODULES
         )
 
 

@@ -46,6 +46,8 @@ ARTIFACT_INDEX = "index"
 MODEL_DIR = "model"
 CONFIG_FILE = "model_config.json"
 STATE_FILE = "state_dict.pt"
+# Third-party modules the retriever imports when it loads and predicts (its pinned requirements).
+SERVING_MODULES = ("torch", "faiss")
 
 
 def config_to_mapping(cfg: SequentialConfig) -> dict[str, Any]:
@@ -148,7 +150,14 @@ def log_sequential(
             POPULARITY_ARTIFACT: str(save_popularity(popularity, Path(tmp) / "popularity.npy")),
         }
         example = pd.DataFrame({HISTORY: [example_history]})
-        return log_pyfunc(name, lambda: SequentialRetriever(k), artifacts, example, params={"k": k})
+        return log_pyfunc(
+            name,
+            lambda: SequentialRetriever(k),
+            artifacts,
+            example,
+            requires=SERVING_MODULES,
+            params={"k": k},
+        )
 
 
 def log_retriever_for_index(

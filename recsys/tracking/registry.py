@@ -17,6 +17,8 @@ from mlflow.exceptions import MlflowException
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVAL_SET_TAG = "eval_set"
+# Registered-model tag: "public" (clients call it) or "internal" (the pipeline's own building block).
+AUDIENCE_TAG = "audience"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,15 @@ def _champion(client: MlflowClient, name: str) -> tuple[dict[str, float], str | 
     return dict(run.data.metrics), run.data.tags.get(EVAL_SET_TAG)
 
 
-def register_and_gate(model_uri: str, name: str, run_id: str, metric: str, eval_set: str) -> Registration:
+def register_and_gate(
+    model_uri: str, name: str, run_id: str, metric: str, eval_set: str, internal: str | None = None
+) -> Registration:
     """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, and move ``champion``
-    to it only when :func:`decide_promotion` says so. The run must carry the metrics and the eval-set tag."""
+    to it only when :func:`decide_promotion` says so. The run must carry the metrics and the eval-set tag.
+
+    ``internal``: why clients should not call this model (its inputs are the pipeline's encoded features,
+    not what a client has); recorded as the registered model's description and ``audience`` tag, so the
+    registry says which models are the public ones."""
     client = MlflowClient()
     client.set_tag(run_id, EVAL_SET_TAG, eval_set)
     run_metrics = dict(client.get_run(run_id).data.metrics)
@@ -90,4 +98,7 @@ def register_and_gate(model_uri: str, name: str, run_id: str, metric: str, eval_
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     client.set_model_version_tag(name, version.version, "promotion", decision.reason)
+    client.set_registered_model_tag(name, AUDIENCE_TAG, "public" if internal is None else "internal")
+    if internal is not None:
+        client.update_registered_model(name, description=f"Internal model: {internal}")
     return Registration(name, str(version.version), decision)

@@ -88,7 +88,9 @@ def log_retriever(
         POPULARITY_ARTIFACT: str(save_popularity(popularity, work / "popularity.npy")),
     }
     example = pd.DataFrame({HISTORY: [example_history]})
-    return log_pyfunc("retriever", lambda: RetrieverModel(k), artifacts, example, params={"k": k})
+    return log_pyfunc(
+        "retriever", lambda: RetrieverModel(k), artifacts, example, requires=("faiss",), params={"k": k}
+    )
 
 
 class FoldInRetriever:

@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from recsys.tables import read_arrow
+from tests.helpers.isolated import assert_carries_its_code, load_without_checkout
 from tests.helpers.serving import invoke, served
 
 SYNTHETIC = [
@@ -65,6 +66,11 @@ def test_rerank_registers_the_recommender_behind_the_gate(workspace: Path) -> No
     version = client.get_model_version_by_alias(NAME, "champion")
     metrics = client.get_run(str(version.run_id)).data.metrics
     assert "two_stage/reranked_ndcg_at_10" in metrics and "two_stage/candidate_recall" in metrics
+    # The registry says which model clients call: the recommender, not the ranker's encoded-row scorer.
+    assert client.get_registered_model(NAME).tags["audience"] == "public"
+    ranker = client.get_registered_model("recsys-ranker")
+    assert ranker.tags["audience"] == "internal"
+    assert "recsys-recommender" in ranker.description and "user_idx" in ranker.description
 
 
 def test_served_recommender_answers_known_cold_and_malformed_requests(workspace: Path) -> None:
@@ -124,6 +130,12 @@ def test_served_lists_equal_in_process_predictions(workspace: Path) -> None:
     second = model.predict(request)
     assert first["item_ids"].tolist() == second["item_ids"].tolist()
     assert first["fallback"].tolist() == [False, True]
+    # The registered recommender loads and answers the same where the checkout cannot be imported.
+    isolated = load_without_checkout(
+        f"models:/{NAME}@champion", uri, workspace, request.to_dict(orient="records")
+    )
+    assert_carries_its_code(isolated)
+    assert isolated.answer["item_ids"] == first["item_ids"].tolist()
 
 
 def test_bench_serving_times_both_served_models_in_one_run(workspace: Path) -> None:

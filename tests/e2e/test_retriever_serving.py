@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers.isolated import assert_carries_its_code, load_without_checkout
 from tests.helpers.serving import invoke, served
 
 SYNTHETIC = [
@@ -23,6 +24,8 @@ SYNTHETIC = [
     "spark.shuffle_partitions=4",
 ]
 NAME = "recsys-retriever"
+# Building the model's virtualenv the first time on a machine: pyenv Python + pip installs (minutes).
+ENV_BUILD_TIMEOUT_S = 1200.0
 
 
 def _recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -87,3 +90,29 @@ def test_served_champion_answers_with_k_unseen_items(workspace: Path) -> None:
         # malformed: a client error with a message, not a server error
         status, answer = invoke(port, {"dataframe_records": [{"items": ["i1"]}]})
         assert 400 <= status < 500 and "history" in str(answer)
+
+
+def test_champion_loads_and_serves_without_the_checkout(workspace: Path) -> None:
+    """The registered retriever carries its code and honest requirements: it loads in an interpreter that
+    cannot import the checkout, and `mlflow models serve --env-manager virtualenv` builds its environment
+    from requirements.txt alone (pyenv's Python, pip from the index) and answers like the local serve."""
+    uri = f"sqlite:///{workspace / 'runs' / 'mlflow.db'}"
+    if not (workspace / "runs" / "mlflow.db").exists():
+        _register(workspace, dim=1)
+    rows = [{"history": ["i1", "i2", "i3"]}, {"history": []}]
+    isolated = load_without_checkout(f"models:/{NAME}@champion", uri, workspace, rows)
+    assert_carries_its_code(isolated)
+    payload = {"dataframe_records": rows, "params": {"k": 5}}
+    with served(f"models:/{NAME}@champion", uri, workspace) as port:
+        local_status, local_answer = invoke(port, payload)
+    with served(
+        f"models:/{NAME}@champion",
+        uri,
+        workspace,
+        env_manager="virtualenv",
+        start_timeout_s=ENV_BUILD_TIMEOUT_S,
+    ) as port:
+        status, answer = invoke(port, payload)
+    assert (status, local_status) == (200, 200), answer
+    assert answer == local_answer
+    assert [row["fallback"] for row in answer["predictions"]] == [False, True]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,9 @@ __all__ = ["free_port", "invoke", "served"]
 
 
 @contextmanager
-def served(model_uri: str, tracking_uri: str, cwd: Path) -> Iterator[int]:
+def served(model_uri: str, tracking_uri: str, cwd: Path, **options: Any) -> Iterator[int]:
     try:
-        with serve_model(model_uri, tracking_uri, cwd) as port:
+        with serve_model(model_uri, tracking_uri, cwd, **options) as port:
             yield port
     except ServingError as error:
         pytest.fail(str(error))

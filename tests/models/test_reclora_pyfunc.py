@@ -24,6 +24,7 @@ from models.reclora.train import build_model
 from recsys.config import compose, typed
 from recsys.errors import InputError
 from recsys.tracking.runs import configure
+from tests.helpers.isolated import assert_carries_its_code, load_without_checkout
 from tests.models.test_reclora_network import randomize_lora, save_tiny_bert
 
 COUNTS = {
@@ -98,6 +99,12 @@ def test_pyfunc_roundtrip_matches_offline_scoring(tmp_path: Path, retriever: boo
     loaded = mlflow.pyfunc.load_model(info.model_uri)
     served = loaded.predict(requests)[SCORE].to_numpy()
     assert np.allclose(served, offline, atol=1e-6)
+    if retriever:  # once: loading the backbone in a second interpreter costs seconds
+        isolated = load_without_checkout(
+            info.model_uri, mlflow.get_tracking_uri(), tmp_path, requests.to_dict(orient="records")
+        )
+        assert_carries_its_code(isolated)
+        assert np.allclose(isolated.answer[SCORE], offline, atol=1e-6)
     assert served.min() > 0.0 and served.max() < 1.0
     changed = requests.copy()
     changed["history"] = [["m7"], *requests["history"][1:]]

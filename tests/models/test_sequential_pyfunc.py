@@ -18,6 +18,7 @@ from models.sequential.pyfunc import load_network, log_sequential, save_model
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.schema import FIRST_INDEX
 from recsys.tracking.requests import FALLBACK, HISTORY, ITEM_IDS, SCORES
+from tests.helpers.isolated import assert_carries_its_code, load_without_checkout
 from tests.models.test_sequential_network import NUM_ITEMS, small_config
 
 K = 4
@@ -70,6 +71,10 @@ def test_pyfunc_roundtrip_matches_the_network(tmp_path: Path, architecture: str)
     with mlflow.start_run(experiment_id=experiment):
         info = log_sequential(model_dir, index_dir, item_ids, popularity, K, ["m2", "m3"], "sequential")
     loaded = mlflow.pyfunc.load_model(info.model_uri)
+    # The same answers where the checkout cannot be imported: the model carries its code.
+    isolated = load_without_checkout(info.model_uri, mlflow.get_tracking_uri(), tmp_path)
+    assert_carries_its_code(isolated)
+    assert isolated.answer["item_ids"] == loaded.predict(loaded.input_example)["item_ids"].tolist()
 
     # the second is longer than max_len (8) and leaves only one unseen item
     histories = [[5, 3, 7], [2, 9, 4, 11, 6, 8, 10, 3, 5]]
