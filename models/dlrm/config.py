@@ -32,6 +32,10 @@ class TableSpec:
     # Hash ids into at most this many rows (id % max_rows) when the vocabulary is larger; None = never.
     max_rows: int | None = None
 
+    def __post_init__(self) -> None:
+        # One type whether parsed from yaml, from a saved JSON config or built here (equality compares it).
+        object.__setattr__(self, "features", tuple(self.features))
+
     def num_embeddings(self, counts: Mapping[str, int]) -> int:
         if self.size not in counts:
             raise ConfigError(
@@ -186,8 +190,21 @@ class DLRMConfig:
     # Networks (dense, interaction and over arches) over the same tables, each initialised apart and trained
     # on its own loss; the logit is their mean: an ensemble in one model, one state dict, one pyfunc.
     replicas: int = 1
+    # The data's user attributes (``features.vocab.user_attributes``, i.e. ``data.user_attributes``): one
+    # sum-pooled table each (``t_<a>`` on ``<a>_idx``, ``num_<a>`` rows) after ``tables``, so the features
+    # the model reads follow the data set instead of naming MovieLens's. An attribute whose feature a
+    # listed table already reads gets no second table (a saved, expanded config parses to itself).
+    attribute_tables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        listed = {f for t in self.tables for f in t.features}
+        extra = tuple(
+            TableSpec(f"t_{a}", (f"{a}_idx",), f"num_{a}", "sum")
+            for a in self.attribute_tables
+            if f"{a}_idx" not in listed
+        )
+        # Frozen: the expansion happens once, while constructing.
+        object.__setattr__(self, "tables", (*self.tables, *extra))
         self.validate()
 
     @property

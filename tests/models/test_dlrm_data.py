@@ -27,7 +27,6 @@ from recsys.schema import OOV_INDEX
 from recsys.tables import read_arrow
 from tests.conftest import spark_overrides
 from tests.helpers import raw_files
-from tests.helpers.dlrm import synthetic_tables
 from tests.helpers.runs import ingest_and_features
 
 BATCH = 64
@@ -40,8 +39,9 @@ Row = tuple[tuple[tuple[int, ...], ...], tuple[float, ...], float]
 
 def _synthetic_model(**changes: Any) -> DLRMConfig:
     """conf/model/dlrm.yaml with the synthetic ``segment`` attribute in place of the MovieLens ones."""
-    mapping = to_plain(compose(["model=dlrm"]))["model"]
-    mapping["tables"] = synthetic_tables(mapping["tables"])
+    # The synthetic users' one attribute (segment) gets its table from data.user_attributes.
+    mapping = to_plain(compose(["model=dlrm", "data=synthetic"]))["model"]
+    assert [t.name for t in typed(DLRMConfig, mapping, "model").tables][-1] == "t_segment"
     return dataclasses.replace(typed(DLRMConfig, mapping, "model"), **changes)
 
 

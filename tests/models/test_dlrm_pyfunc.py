@@ -33,7 +33,7 @@ from recsys.schema import LABEL
 from recsys.tables import read_arrow
 from recsys.tracking.runs import configure
 from tests.conftest import spark_overrides
-from tests.helpers.dlrm import synthetic_tables
+from tests.helpers.isolated import assert_carries_its_code, load_without_checkout
 from tests.helpers.runs import ingest_and_features
 from tests.models.test_dlrm_network import make_trainer
 
@@ -45,10 +45,10 @@ EXAMPLE_ROWS = 3
 
 
 def compose_cfg(root: Path, *overrides: str) -> dict[str, Any]:
-    """A config rooted at ``root`` for the synthetic data; a DLRM-family model gets the ``segment`` table."""
+    """A config rooted at ``root`` for the synthetic data (a DLRM-family model gets the ``segment`` table
+    from ``data.user_attributes``)."""
     cfg: dict[str, Any] = to_plain(compose([*spark_overrides(root), *SYNTHETIC, *overrides]))
     if cfg["model"]["family"] == "dlrm":
-        cfg["model"]["tables"] = synthetic_tables(cfg["model"]["tables"])
         cfg["model"]["batch_size"] = BATCH_ROWS
         cfg["model"]["shuffle_buffer_rows"] = None
     return cfg
@@ -124,6 +124,12 @@ def test_logged_pyfunc_scores_like_the_trained_module(
     assert isinstance(scores, pd.DataFrame) and list(scores.columns) == [SCORE]
     np.testing.assert_allclose(scores[SCORE].to_numpy(), expected, rtol=0, atol=1e-6)
     assert info.signature is not None and set(info.signature.inputs.input_names()) == set(columns)
+    # The same scores where the checkout cannot be imported: the model carries its code.
+    isolated = load_without_checkout(
+        info.model_uri, tracking["tracking_uri"], tmp_path, rows.head(20).to_dict(orient="records")
+    )
+    assert_carries_its_code(isolated)
+    np.testing.assert_allclose(isolated.answer[SCORE], expected[:20], rtol=0, atol=1e-6)
 
 
 def test_unsharded_state_dict_has_full_tables(trained: tuple[dict[str, Any], DLRMLitModule]) -> None:

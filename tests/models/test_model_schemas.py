@@ -134,7 +134,7 @@ def test_config_modules_import_no_torch() -> None:
 def test_dlrm_criteo_is_dlrm_with_the_criteo_columns(models: dict[str, dict[str, Any]]) -> None:
     criteo = _model("dlrm_criteo")
     differing = {k for k in criteo if criteo[k] != models["dlrm"][k]}
-    assert differing == {"name", "tables", "dense_features", "epochs"}
+    assert differing == {"name", "tables", "attribute_tables", "dense_features", "epochs"}
     cfg = typed(DLRMConfig, criteo, "model")
     assert len(cfg.tables) == 26 and all(t.max_rows == 1_000_000 for t in cfg.tables)
     assert cfg.log1p_features == tuple(f"int_{i}" for i in range(13)) and cfg.identity_features == ()
