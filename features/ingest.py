@@ -14,14 +14,25 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from rich.markup import escape
 
 from features.io import write_output
-from features.validate import COLUMN, REASON, RULE, ValidationRules, bad_rows, flag_rows, good_rows
+from features.validate import (
+    COLUMN,
+    REASON,
+    RULE,
+    ValidationRules,
+    bad_rows,
+    check_timestamps,
+    flag_rows,
+    good_rows,
+)
+from recsys.console import console
 from recsys.datasets import read_dataset
 from recsys.datasets.base import RAW, SOURCE_FILE
 from recsys.errors import InputError, ValidationError
 from recsys.manifest import Manifest, config_hash, fingerprint_files, publish_atomically
-from recsys.schema import ITEM_ID, USER_ID
+from recsys.schema import ITEM_ID, TIMESTAMP, USER_ID
 from recsys.settings import data_config
 
 QUARANTINE = "quarantine"
@@ -86,6 +97,18 @@ def _fail(report: TableReport, limit: float) -> ValidationError:
     )
 
 
+def _check_timestamps(frame: DataFrame, rules: ValidationRules, table: str, files: list[str]) -> None:
+    """A unit that puts the timestamps centuries away stops ingest when another unit fits (a
+    milliseconds export declared as seconds); when none fits it is reported, not silently accepted."""
+    check = check_timestamps(frame, rules)
+    if check is None or check.plausible:
+        return
+    where = f"{', '.join(files)}: table {table!r}, column 'timestamp'"
+    if check.fitting_unit is not None:
+        raise ValidationError(f"{where}: {check.describe()}. Nothing was published.")
+    console.print(f"[yellow]warning:[/yellow] {escape(where)}: {escape(check.describe())}.", soft_wrap=True)
+
+
 def run_ingest(spark: SparkSession, cfg: dict[str, Any], stage: Path) -> IngestResult:
     """Read ``cfg['data']``, validate every table, and publish ``stage`` (or raise, publishing nothing)."""
     data_cfg = data_config(cfg["data"])
@@ -110,6 +133,8 @@ def run_ingest(spark: SparkSession, cfg: dict[str, Any], stage: Path) -> IngestR
             reports.append(report)
             if report.bad_fraction > limit:
                 raise _fail(report, limit)
+            if TIMESTAMP in raw.schema.names:
+                _check_timestamps(frame, rules, name, files)
 
         manifests: dict[str, Manifest] = {}
         with publish_atomically(stage) as staging:

@@ -19,6 +19,8 @@ def build_session(spark_cfg: Mapping[str, Any]) -> SparkSession:
         .appName(str(spark_cfg["app_name"]))
         .config("spark.sql.shuffle.partitions", str(spark_cfg["shuffle_partitions"]))
         .config("spark.driver.memory", str(spark_cfg["driver_memory"]))
+        # Every charset Java decodes (data.encoding: cp1252 from Windows spreadsheets), not Spark 4's list.
+        .config("spark.sql.legacy.javaCharsets", "true")
     )
     if spark_cfg["local_dir"]:
         builder = builder.config("spark.local.dir", str(spark_cfg["local_dir"]))

@@ -9,6 +9,7 @@ kept). Failing rows go to quarantine with the rule, the column and a human-reada
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -22,7 +23,8 @@ COLUMN = "column"
 REASON = "reason"
 _FAILURE = "_failure"
 QUARANTINE_COLUMNS = ("table", "source_file", "raw", RULE, COLUMN, REASON)
-_UNIT_DIVISOR = {"s": 1, "ms": 1000, "us": 1_000_000}
+# Divisor from each data.timestamp_unit to seconds; "datetime" text was converted to seconds by its adapter.
+_UNIT_DIVISOR = {"s": 1, "ms": 1000, "us": 1_000_000, "ns": 1_000_000_000, "datetime": 1}
 
 
 @dataclass(frozen=True)
@@ -139,3 +141,62 @@ def bad_rows(flagged: DataFrame, table: str) -> DataFrame:
         F.col(f"{_FAILURE}.{COLUMN}").alias(COLUMN),
         F.col(f"{_FAILURE}.{REASON}").alias(REASON),
     )
+
+
+# Timestamps of any real interaction log fall between these (UTC): 1980-01-01 and 2100-01-01.
+PLAUSIBLE_SECONDS = (315_532_800, 4_102_444_800)
+
+
+@dataclass(frozen=True)
+class TimestampCheck:
+    """Where the median valid timestamp lands with the declared unit, and which unit would be plausible."""
+
+    unit: str
+    median_seconds: int
+    example_line: str
+    fitting_unit: str | None
+
+    @property
+    def plausible(self) -> bool:
+        return PLAUSIBLE_SECONDS[0] <= self.median_seconds <= PLAUSIBLE_SECONDS[1]
+
+    def describe(self) -> str:
+        found = f"read as {self.unit!r} their median is {_date(self.median_seconds)}"
+        outside = f"outside {_date(PLAUSIBLE_SECONDS[0])}..{_date(PLAUSIBLE_SECONDS[1])}"
+        if self.fitting_unit is None:
+            return f"{found}, {outside}, and no other unit fits (example line: {self.example_line!r})"
+        raw = self.median_seconds * _UNIT_DIVISOR[self.unit]
+        fixed = _date(raw // _UNIT_DIVISOR[self.fitting_unit])
+        return (
+            f"{found}, {outside}; as {self.fitting_unit!r} it is {fixed}: set "
+            f"data.timestamp_unit={self.fitting_unit} (example line: {self.example_line!r})"
+        )
+
+
+def _date(seconds: int) -> str:
+    days = seconds // 86_400
+    if not -700_000 < days < 2_900_000:  # beyond the years datetime can show
+        return f"{seconds} s after 1970"
+    return str(datetime.date(1970, 1, 1) + datetime.timedelta(days=int(days)))
+
+
+def check_timestamps(flagged: DataFrame, rules: ValidationRules) -> TimestampCheck | None:
+    """The median valid timestamp against :data:`PLAUSIBLE_SECONDS`; None without valid rows.
+
+    A median, not every row: one wrong unit moves every timestamp by a factor of 1000, while single odd
+    rows are the data's own business (negative ones are already refused row by row)."""
+    good = flagged.where(F.col(_FAILURE).isNull() & F.col(TIMESTAMP).isNotNull())
+    row = good.agg(
+        F.percentile_approx(F.col(TIMESTAMP), 0.5).alias("median"), F.min(F.col(RAW)).alias("example")
+    ).first()
+    if row is None or row["median"] is None:
+        return None
+    median = int(row["median"])
+    raw = median * _UNIT_DIVISOR[rules.timestamp_unit]
+    fitting = [
+        unit
+        for unit, divisor in _UNIT_DIVISOR.items()
+        if unit not in (rules.timestamp_unit, "datetime")
+        and PLAUSIBLE_SECONDS[0] <= raw // divisor <= PLAUSIBLE_SECONDS[1]
+    ]
+    return TimestampCheck(rules.timestamp_unit, median, str(row["example"]), fitting[0] if fitting else None)

@@ -160,6 +160,76 @@ class SyntheticDataConfig(DataConfig):
     rated_fraction: float
 
 
+@dataclass(frozen=True)
+class InteractionColumns:
+    """The interaction file's column name for each canonical column (``data.columns``, ``format: table``)."""
+
+    user_id: str
+    item_id: str
+    timestamp: str
+    # Optional columns: null = the export has none.
+    rating: str | None = None
+    event_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemFileConfig:
+    """An optional item metadata file of ``format: table``: its location and column names."""
+
+    # File, folder or glob, relative to data.path unless absolute.
+    path: str
+    item_id: str
+    title: str | None = None
+    # One column holding every category, split on ``categories_separator``.
+    categories: str | None = None
+    categories_separator: str = "|"
+    # Free text (description); appended to the title in the items' text.
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class UserFileConfig:
+    """An optional user file of ``format: table``; ``data.user_attributes`` names its attribute columns."""
+
+    path: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class TableDataConfig(DataConfig):
+    """``format: table``: your own interaction log as CSV or Parquet, mapped by column name
+    (``conf/data/csv.yaml`` is the template; ``recsys.datasets.tabular`` reads it)."""
+
+    # csv or parquet.
+    file_format: str
+    # Interaction file, folder or glob, relative to data.path unless absolute.
+    interactions: str
+    columns: InteractionColumns
+    # CSV only: field separator, quote and escape characters, whether the first line names the columns.
+    delimiter: str = ","
+    quote: str = '"'
+    escape: str = '"'
+    header: bool = True
+    # With timestamp_unit: datetime, the Spark datetime pattern of the timestamp column (null = ISO 8601).
+    timestamp_format: str | None = None
+    items: ItemFileConfig | None = None
+    users: UserFileConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.file_format not in TABLE_FILE_FORMATS:
+            raise ConfigError(
+                f"config key data.file_format={self.file_format!r}: choose one of {TABLE_FILE_FORMATS}."
+            )
+        if self.users is None and self.user_attributes:
+            raise ConfigError(
+                f"data.user_attributes={list(self.user_attributes)} needs data.users (a user file with "
+                "those columns), e.g. {path: users.csv, user_id: customer_id}."
+            )
+
+
+TABLE_FILE_FORMATS = ("csv", "parquet")
+
+
 DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "atomic": AtomicDataConfig,
     "movielens_100k_raw": MovieLens100kRawDataConfig,
@@ -169,6 +239,7 @@ DATA_SCHEMAS: dict[str, type[DataConfig]] = {
     "criteo": CriteoDataConfig,
     "parquet": DataConfig,
     "synthetic": SyntheticDataConfig,
+    "table": TableDataConfig,
 }
 """``data.format`` -> the schema of that format's ``data`` group."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from recsys.datasets import amazon, atomic, criteo, movielens, parquet_files, synthetic
+from recsys.datasets import amazon, atomic, criteo, movielens, parquet_files, synthetic, tabular
 from recsys.datasets.base import Adapter, DataConfig, RawDataset, RawTable
 from recsys.errors import ConfigError
 
@@ -21,6 +21,7 @@ ADAPTERS: dict[str, Adapter] = {
     "amazon2023": amazon.read,
     "criteo": criteo.read,
     "parquet": parquet_files.read,
+    "table": tabular.read,
 }
 
 
