@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
-from recsys.config import compose, conf_dir, to_plain
+from recsys.config import add_config_dirs, compose, conf_dir, to_plain
 from recsys.console import console, print_table
 from recsys.errors import RecsysError
 from recsys.extras import missing_dependency
@@ -185,6 +185,14 @@ def _add_common(command: argparse.ArgumentParser, example: str) -> None:
         default=None,
         help="print the composed config (Hydra's `--cfg job`) and exit without running",
     )
+    command.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of your own config files, searched before the bundled ones (e.g. DIR/data/mine.yaml "
+        "makes data=mine); repeatable; also $RECSYS_CONFIG_PATH",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipelines.stages import register_schemas
 
         register_schemas()
+        add_config_dirs(args.config_dir)
         cfg = compose(_overrides(args))
         if args.cfg == "job":
             sys.stdout.write(OmegaConf.to_yaml(cfg, resolve=True))

@@ -22,9 +22,13 @@ from recsys.settings import register_core_schemas
 from recsys.structured import as_dict, check_groups, missing_keys, register_schema, schema_for, typed
 
 # The typed-config functions are used through this module everywhere (one import for config work).
-__all__ = ["as_dict", "compose", "conf_dir", "register_schema", "to_plain", "typed"]
+__all__ = ["add_config_dirs", "as_dict", "compose", "conf_dir", "register_schema", "to_plain", "typed"]
 
 CONF_ENV = "RECSYS_CONF_DIR"
+# Folders of the user's own config files (os.pathsep-separated), searched before the bundled tree: a
+# `data/mine.yaml` there makes `data=mine` composable beside the bundled options. An environment variable,
+# so the processes a command starts (training ranks, Spark workers) compose the same way.
+CONFIG_PATH_ENV = "RECSYS_CONFIG_PATH"
 
 # `${abspath:runs}` in conf: MLflow's SQLite URI and artifact root must not depend on the working folder.
 OmegaConf.register_new_resolver("abspath", lambda p: str(Path(str(p)).expanduser().resolve()), replace=True)
@@ -38,10 +42,39 @@ def conf_dir() -> Path:
     return Path(str(resources.files("recsys.conf"))).resolve()
 
 
+def add_config_dirs(folders: list[str]) -> None:
+    """Search ``folders`` (in order) before the bundled config tree from now on, in this process and the
+    processes it starts.
+
+    Raises:
+        ConfigError: a folder that does not exist.
+    """
+    known = [p for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    for folder in folders:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"--config-dir {folder}: not a folder (resolved to {path}).")
+        if str(path) not in known:
+            known.append(str(path))
+    if known:
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join(known)
+
+
+def user_config_dirs() -> list[Path]:
+    """The folders of ``$RECSYS_CONFIG_PATH``, each checked to exist."""
+    folders = [Path(p) for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"${CONFIG_PATH_ENV}: {folder} is not a folder.")
+    return folders
+
+
 def _hydra_compose(overrides: list[str], config_name: str) -> DictConfig:
+    folders = user_config_dirs()
+    search = [f"hydra.searchpath=[{','.join(f'file://{f}' for f in folders)}]"] if folders else []
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            return hydra_compose(config_name=config_name, overrides=[*search, *overrides])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config with overrides {overrides}: {exc}") from exc
 
