@@ -11,7 +11,7 @@ from typing import Any
 from features.build import FeaturesResult, run_features
 from features.ingest import IngestResult, run_ingest
 from features.session import build_session
-from recsys.console import console, print_table, step
+from recsys.console import console, print_result, print_table, step
 from recsys.manifest import Manifest
 from recsys.paths import RunPaths
 from recsys.stage import StageResult
@@ -108,4 +108,4 @@ def _print_outputs(title: str, folder: Path, manifests: Mapping[str, Manifest]) 
         details = ", ".join(f"{k}={manifest.counts[k]}" for k in SUMMARY_COUNTS if k in manifest.counts)
         rows.append((name, manifest.row_count, details, str(folder / name)))
     print_table(title, ["output", "rows", "counts", "path"], rows)
-    console.print(f"{title.lower()}: {folder}", soft_wrap=True)
+    print_result(f"{title.lower()}: {folder}")

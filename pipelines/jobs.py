@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from recsys.config import typed
-from recsys.console import console, print_table, step
+from recsys.console import console, print_result, print_table, step
 from recsys.manifest import read_manifest
 from recsys.offline import (
     EvaluateResult,
@@ -79,7 +79,7 @@ def run_evaluate(cfg: Mapping[str, Any]) -> tuple[EvaluateResult, str, Path]:
         log_artifacts(out / "metrics", "metrics")
     print_metrics(result)
     console.print(f"MLflow run {run_id} in {cfg['tracking']['tracking_uri']}", soft_wrap=True)
-    console.print(f"evaluation outputs: {out}", soft_wrap=True)
+    print_result(f"evaluation outputs: {out}")
     return result, run_id, out
 
 

@@ -41,7 +41,7 @@ from pipelines.markers import (
 )
 from pipelines.report import StageRow, print_summary, report_is_current, write_report
 from recsys.config import compose, to_plain
-from recsys.console import console
+from recsys.console import console, print_result
 from recsys.errors import ConfigError, InputError, RecsysError
 from recsys.manifest import config_hash
 from recsys.paths import RunPaths
@@ -306,7 +306,7 @@ def run_pipeline(
         )
         if pipeline_run is not None:
             end_pipeline_run(base, pipeline_run, failed=False)
-    console.print(f"pipeline {spec.name}: run folder {run_folder}", soft_wrap=True)
+    print_result(f"pipeline {spec.name}: run folder {run_folder}")
     return PipelineRun(spec.name, run_folder, results, time.perf_counter() - start, report_dir)
 
 
@@ -339,7 +339,7 @@ def _report(
     digest = hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(digests.items())).encode()).hexdigest()
     folder = run_folder / "report"
     if report_is_current(run_folder, digest):
-        console.print(f"report unchanged (no stage ran): {folder / 'report.html'}", soft_wrap=True)
+        print_result(f"report unchanged (no stage ran): {folder / 'report.html'}")
         return folder, pipeline_run
     if pipeline_run is None:
         pipeline_run = start_pipeline_run(base, name)

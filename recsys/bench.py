@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recsys.console import console, print_table
+from recsys.console import console, print_result, print_table
 
 
 def machine_info() -> dict[str, Any]:
@@ -68,5 +68,5 @@ def report_bench(name: str, reference: str, results: Mapping[str, Any], out_dir:
         )
         console.print(f"outputs of both engines: {same}")
     path = save_results(out_dir, name, results)
-    console.print(f"results: {path}")
+    print_result(f"results: {path}")
     return path

@@ -35,7 +35,7 @@ def test_train_reclora_smoke_runs_the_ablation(tmp_path: Path) -> None:
     ]
     done = subprocess.run([str(exe), *args], cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "reclora ablation" in done.stderr and "personalized+retriever" in done.stderr
+    assert "reclora ablation" in done.stdout and "personalized+retriever" in done.stdout
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     found = client.get_experiment_by_name("recsys")
     assert found is not None

@@ -87,7 +87,7 @@ def test_train_sasrec_then_index_hnsw(tmp_path: Path) -> None:
     assert client.get_model_version_by_alias("recsys-sequential", "champion").run_id in {
         r.info.run_id for r in seed_runs
     }
-    assert "mean" in trained.stderr and "std" in trained.stderr  # the summary table (rich console: stderr)
+    assert "mean" in trained.stdout and "std" in trained.stdout  # the summary table (results on stdout)
 
     indexed = recsys(tmp_path, "index", "model=sasrec", "index=hnsw")
     assert indexed.returncode == 0, indexed.stderr[-3000:] + indexed.stdout[-3000:]

@@ -71,7 +71,7 @@ def test_train_dlrm_smoke_logs_ctr_metrics_then_rerank_gives_two_stage_metrics(t
     assert rerank_run.data.tags["retriever"] == "puresvd"
     for name in TWO_STAGE:
         assert 0.0 <= rerank_run.data.metrics[name] <= 1.0, name
-        assert name in reranked.stderr  # the summary table (rich console: stderr)
+        assert name in reranked.stdout  # the summary table (results on stdout)
     assert rerank_run.data.metrics["two_stage/candidate_recall"] > 0.0
     published = json.loads(
         (tmp_path / "runs" / DATE / "rerank" / "dlrm-puresvd" / "manifest.json").read_text()
