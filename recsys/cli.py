@@ -29,6 +29,7 @@ from recsys.paths import RunPaths
 from recsys.stage import StageResult
 
 EXIT_USER_ERROR = 2
+CONFIG_DIR_OPTION = "--config-dir"
 EXIT_INTERNAL_ERROR = 1
 
 # Verb -> the stage kinds it runs, in order (pipelines.stages.STAGES).
@@ -186,7 +187,7 @@ def _add_common(command: argparse.ArgumentParser, example: str) -> None:
         help="print the composed config (Hydra's `--cfg job`) and exit without running",
     )
     command.add_argument(
-        "--config-dir",
+        CONFIG_DIR_OPTION,
         action="append",
         default=[],
         metavar="DIR",
@@ -247,8 +248,25 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _pop_config_dirs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--config-dir DIR`` / ``--config-dir=DIR`` taken out of ``argv`` wherever it stands: argparse cannot
+    read an option between overrides (``pipeline=demo --config-dir conf data=mine``)."""
+    rest, folders = [], []
+    items = iter(argv)
+    for item in items:
+        if item == CONFIG_DIR_OPTION:
+            folders.append(next(items, ""))
+        elif item.startswith(f"{CONFIG_DIR_OPTION}="):
+            folders.append(item.partition("=")[2])
+        else:
+            rest.append(item)
+    return rest, folders
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv, config_dirs = _pop_config_dirs(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.config_dir = [*args.config_dir, *config_dirs]
     handler: Callable[[DictConfig, argparse.Namespace], None] = args.handler
     try:
         from pipelines.stages import register_schemas

@@ -204,3 +204,50 @@ def criteo_learnable(path: Path, rows: int, seed: int) -> Path:
         sparse = [f"{signal:08x}"] + [f"{int(rng.integers(0, 20)):08x}" for _ in range(25)]
         lines.append("\t".join([str(label), *dense, *sparse]))
     return write_lines(path, lines)
+
+
+def shop_export(folder: Path, users: int = 120, items: int = 80, events: int = 4000, seed: int = 0) -> Path:
+    """A shop's order export as a spreadsheet writes it (header, quoted fields with commas, CRLF line ends)
+    plus a product file: Zipf-popular items, 1-5 stars, one order a minute and a half apart from March 2024.
+    Returns the folder."""
+    import csv
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    popularity = 1 / np.arange(1, items + 1) ** 0.8
+    popularity /= popularity.sum()
+    start = 1_709_251_200  # 2024-03-01 UTC
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[tuple[int, int]] = set()
+    with (folder / "orders.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(["customer", "sku", "stars", "ordered_at"])
+        for event in range(events):
+            user, item = int(rng.integers(users)), int(rng.choice(items, p=popularity))
+            if (user, item) in seen:
+                continue
+            seen.add((user, item))
+            when = start + event * 97 + int(rng.integers(50))
+            writer.writerow([f"c{user}", f"sku{item}", int(rng.integers(1, 6)), when])
+    with (folder / "products.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(["sku", "name", "category"])
+        for item in range(items):
+            category = ["Food", "Toys", "Books"][item % 3]
+            writer.writerow([f"sku{item}", f"Product {item}, size {item % 3}", category])
+    return folder
+
+
+def shop_config(config_dir: Path, export: Path, name: str = "mine") -> Path:
+    """``<config_dir>/data/<name>.yaml`` describing :func:`shop_export` with the csv template."""
+    path = config_dir / "data" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "defaults:\n  - csv\n  - _self_\n"
+        f"name: {name}\npath: {export}\ninteractions: orders.csv\n"
+        "columns: {user_id: customer, item_id: sku, timestamp: ordered_at, rating: stars}\n"
+        "rating_min: 1\nrating_max: 5\n"
+        "items: {path: products.csv, item_id: sku, title: name, categories: category}\n"
+    )
+    return path
