@@ -8,7 +8,7 @@ CONSTRAINTS := constraints-cpu.txt
 EXTRAS := cpu,llm,bench,dev
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench tour clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
+
+# Every command of the README's tour, as written, in order (tens of minutes: it trains every family).
+tour: $(STAMP)
+	$(BIN)/python -m tests.readme_tour
 
 bench: $(STAMP)
 	$(BIN)/recsys bench features
