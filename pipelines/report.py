@@ -4,12 +4,20 @@ MLflow run.
 The report is built from the success markers (every stage's key numbers) and the evaluate stages'
 published metric tables (for the plots), so a rerun that skipped every stage reports the same numbers as
 the run that computed them. It is published atomically under ``<root>/<date>/report/``.
+
+``report.html`` is one self-contained file: the plots are embedded as data URIs, so it renders the same
+from disk, from MLflow's artifact view and as an e-mail attachment. It opens with the provenance (commit,
+config hash, data fingerprint, run date), then one table per question: the stages, the ranking models side
+by side, the two-stage gain, and one metric-by-split table per other stage; an undefined (NaN) metric is
+shown as ``n/a`` with the reason below its table.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,20 +109,100 @@ def _two_stage_rows(results: Sequence[StageRow]) -> tuple[list[str], list[list[s
     return header, rows
 
 
-def _other_rows(results: Sequence[StageRow]) -> list[list[str]]:
-    rows = []
+# Split names in metric keys; `valid/` is an older spelling of `val/` and is shown as it.
+SPLIT_COLUMNS = ("train", "val", "test")
+_SPLIT_SPELLING = {"valid": "val"}
+VALUE_COLUMN = "value"
+NOT_AVAILABLE = "n/a"
+# Why a metric can be undefined (NaN) on a run's data: shown under the table that has one.
+NAN_REASONS = {
+    "gauc": "GAUC averages per-user AUCs over users with both a positive and a negative sample; "
+    "no user of this split has both",
+    "auc": "AUC needs both positive and negative samples; this split has one class only",
+}
+NAN_DEFAULT = "undefined on this data (e.g. an empty split or a constant prediction)"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of the report: a heading, the header, the rows, and notes printed under it."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: tuple[str, ...] = ()
+
+
+def _split_of(key: str) -> tuple[str, str]:
+    """``test/auc`` -> (``test``, ``auc``); ``arm/valid/auc_mean`` -> (``val``, ``arm/auc_mean``);
+    a key without a split -> (``value``, key)."""
+    parts = key.split("/")
+    for i, part in enumerate(parts):
+        split = _SPLIT_SPELLING.get(part, part)
+        if split in SPLIT_COLUMNS:
+            return split, "/".join(parts[:i] + parts[i + 1 :])
+    return VALUE_COLUMN, key
+
+
+def _cell(value: float, name: str, notes: dict[str, str]) -> str:
+    if math.isnan(value):
+        base = name.rsplit("/", 1)[-1].split("_at_")[0]
+        notes[name] = NAN_REASONS.get(base, NAN_DEFAULT)
+        return NOT_AVAILABLE
+    return _number(value)
+
+
+def _stage_pivots(results: Sequence[StageRow]) -> list[Section]:
+    """Every other stage's metrics as one table: a row per metric, a column per split (one spelling)."""
+    sections = []
+    two_stage = {k for _, k in TWO_STAGE_COLUMNS}
     for r in results:
-        if r.kind != "evaluate" and not r.metrics.keys() & {k for _, k in TWO_STAGE_COLUMNS}:
-            for key, value in sorted(r.metrics.items()):
-                if "/bucket_" not in key:  # per-activity-bucket values stay in MLflow
-                    rows.append([r.name, key, _number(value)])
-    return rows
+        if r.kind == "evaluate" or r.metrics.keys() & two_stage:
+            continue
+        table: dict[str, dict[str, float]] = {}
+        for key, value in r.metrics.items():
+            if "/bucket_" in key:  # per-activity-bucket values stay in MLflow
+                continue
+            split, name = _split_of(key)
+            table.setdefault(name, {})[split] = value
+        if not table:
+            continue
+        columns = [c for c in (*SPLIT_COLUMNS, VALUE_COLUMN) if any(c in v for v in table.values())]
+        notes: dict[str, str] = {}
+        rows = [
+            [name, *(_cell(values[c], name, notes) if c in values else "" for c in columns)]
+            for name, values in sorted(table.items())
+        ]
+        reasons = tuple(f"{NOT_AVAILABLE}: {name}: {why}." for name, why in sorted(notes.items()))
+        sections.append(
+            Section(f"{r.name} ({r.label})" if r.model else r.name, ["metric", *columns], rows, reasons)
+        )
+    return sections
+
+
+def _provenance(
+    cfg: Mapping[str, Any], pipeline: str, date: str, digest: str, run_id: str, written_at: str
+) -> Section:
+    from recsys.manifest import config_hash
+    from recsys.tracking.runs import data_fingerprint, git_commit
+
+    rows = [
+        ["pipeline", pipeline],
+        ["run date", date],
+        ["git commit", git_commit() or "unknown (not run from a git checkout)"],
+        ["config hash", config_hash(cfg)],
+        ["data fingerprint", data_fingerprint(cfg) or "unknown (no ingest output)"],
+        ["stage markers digest", digest],
+        ["MLflow run", run_id],
+        ["written at (UTC)", written_at],
+    ]
+    return Section("Provenance", ["", ""], rows)
 
 
 def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettings, out: Path) -> list[Path]:
     """metric@K curves per evaluated model and popularity vs coverage across them (PNG)."""
     from recsys.tables import read_arrow
-    from recsys.tracking.plots import metric_at_k_curves, popularity_vs_coverage, two_stage_bars
+    from recsys.tracking.plots import metric_at_k_curves, models_at_k, popularity_vs_coverage, two_stage_bars
 
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
@@ -132,6 +220,8 @@ def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettin
         tables[r.label] = table
         paths.append(metric_at_k_curves(table, f"{r.label} ({settings.split})", out / f"{r.name}_at_k.png"))
     if tables:
+        for metric in settings.ranking_metrics:
+            paths.append(models_at_k(tables, metric, settings.split, out / f"models_{metric}_at_k.png"))
         paths.append(popularity_vs_coverage(tables, settings.k, out / "popularity_vs_coverage.png"))
     two_stage = {r.name: r.metrics for r in _two_stage(results)}
     if two_stage:
@@ -139,16 +229,17 @@ def _plots(run_folder: Path, results: Sequence[StageRow], settings: ReportSettin
     return paths
 
 
-def _markdown(
-    title: str, sections: Sequence[tuple[str, list[str], list[list[str]]]], plots: list[Path]
-) -> str:
+def _markdown(title: str, sections: Sequence[Section], plots: list[Path]) -> str:
     lines = [f"# {title}", ""]
-    for heading, header, rows in sections:
-        if not rows:
+    for section in sections:
+        if not section.rows:
             continue
-        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        lines.append("")
+        header = section.header
+        lines += [f"## {section.heading}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in section.rows]
+        lines += ["", *(f"- {note}" for note in section.notes)]
+        if section.notes:
+            lines.append("")
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots]
@@ -156,28 +247,36 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _html(title: str, sections: Sequence[tuple[str, list[str], list[list[str]]]], plots: list[Path]) -> str:
+def _inline_png(path: Path) -> str:
+    """A plot as a data URI: the HTML needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html(title: str, sections: Sequence[Section], plots: list[Path]) -> str:
     esc = html.escape
     parts = [
         "<!doctype html>",
         f'<html><head><meta charset="utf-8"><title>{esc(title)}</title>',
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:.5em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}"
+        "p.note{color:#555;font-size:90%;margin:0 0 .3em}section{margin-bottom:1.5em}"
         "img{max-width:640px;margin:0 1em 1em 0}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
-    for heading, header, rows in sections:
-        if not rows:
+    for section in sections:
+        if not section.rows:
             continue
-        parts.append(f"<h2>{esc(heading)}</h2><table><tr>")
-        parts += [f"<th>{esc(h)}</th>" for h in header]
-        parts.append("</tr>")
-        for row in rows:
+        parts.append(f"<section><h2>{esc(section.heading)}</h2><table>")
+        if any(section.header):
+            parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in section.header) + "</tr>")
+        for row in section.rows:
             parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
+        parts += [f'<p class="note">{esc(note)}</p>' for note in section.notes]
+        parts.append("</section>")
     if plots:
         parts.append("<h2>Plots</h2>")
-        parts += [f'<img src="{PLOTS_DIR}/{esc(p.name)}" alt="{esc(p.stem)}">' for p in plots]
+        parts += [f'<img src="{_inline_png(p)}" alt="{esc(p.stem)}" title="{esc(p.stem)}">' for p in plots]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -216,11 +315,13 @@ def write_report(
     stage_rows = [
         [r.name, r.kind, r.status, f"{r.seconds:.1f}", r.key_metric(), r.mlflow_run_id or ""] for r in results
     ]
+    written_at = datetime.now(UTC).isoformat(timespec="seconds")
     sections = [
-        ("Stages", ["stage", "kind", "status", "seconds", "key metric", "MLflow run"], stage_rows),
-        (f"Ranking models ({settings.split}, full ranking)", header, model_rows),
-        ("Two-stage: retrieval vs re-ranked (test, full catalog)", *_two_stage_rows(results)),
-        ("Other stages", ["stage", "metric", "value"], _other_rows(results)),
+        _provenance(cfg, pipeline, date, digest, pipeline_run_id, written_at),
+        Section("Stages", ["stage", "kind", "status", "seconds", "key metric", "MLflow run"], stage_rows),
+        Section(f"Ranking models ({settings.split}, full ranking)", header, model_rows),
+        Section("Two-stage: retrieval vs re-ranked (test, full catalog)", *_two_stage_rows(results)),
+        *_stage_pivots(results),
     ]
     final = run_folder / REPORT_DIR
     with (
@@ -235,7 +336,7 @@ def write_report(
             "date": date,
             "stages_digest": digest,
             "mlflow_run_id": run.info.run_id,
-            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "written_at": written_at,
         }
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         metrics = {mlflow_key(f"{r.name}/{k}"): v for r in results for k, v in r.metrics.items()}

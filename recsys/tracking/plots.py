@@ -31,6 +31,24 @@ def metric_at_k_curves(table: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
+def models_at_k(tables: dict[str, pd.DataFrame], metric: str, split: str, path: Path) -> Path:
+    """Every evaluated model's ``metric`` over K in one chart (bucket ``all``): the cross-model comparison."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model, table in tables.items():
+        rows = table[(table["bucket"] == "all") & (table["metric"] == metric)].sort_values("k")
+        if len(rows):
+            ax.plot(rows["k"], rows["value"], marker="o", label=model)
+    ax.set_xlabel("K")
+    ax.set_ylabel(f"{metric}@K")
+    ax.set_title(f"{metric}@K by model ({split})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def popularity_vs_coverage(tables: dict[str, pd.DataFrame], k: int, path: Path) -> Path:
     """Each model as a point: catalog coverage@k against average recommendation popularity@k."""
     fig, ax = plt.subplots(figsize=(5, 4))
