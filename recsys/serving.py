@@ -48,15 +48,17 @@ def served(
     workers: int = 1,
     start_timeout_s: float = 120.0,
     env_manager: str = "local",
+    environment: Path | None = None,
 ) -> Iterator[int]:
     """Serve ``model_uri``; yields the port once /ping answers and stops the server on exit.
 
     ``env_manager="local"`` serves with this interpreter's environment; ``"virtualenv"`` lets MLflow build
     the model's own environment from its requirements first (pyenv for its Python, then pip: minutes the
     first time, reused afterwards from ``~/.mlflow/envs``), so ``start_timeout_s`` must cover the build.
+    ``environment``: the virtualenv whose ``mlflow`` serves (default: this interpreter's).
     """
     port = free_port()
-    bin_dir = Path(sys.executable).parent
+    bin_dir = environment / "bin" if environment is not None else Path(sys.executable).parent
     # `mlflow models serve --env-manager local` starts `uvicorn` from PATH: the venv must be on it.
     env = {
         **os.environ,
