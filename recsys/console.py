@@ -2,8 +2,8 @@
 summary tables and the paths of what was written), so ``recsys ... > summary.txt`` keeps what matters.
 
 Piped or redirected, rich would wrap at 80 columns and crop table cells with an ellipsis: the results
-console is wide then (``$COLUMNS`` or :data:`PIPED_WIDTH`) and table cells fold instead of cropping, so a
-path is always printed whole.
+console is wide then (:data:`PIPED_WIDTH`, or a wider ``$COLUMNS``) and table cells fold instead of
+cropping, so a path is always printed whole.
 """
 
 from __future__ import annotations
@@ -18,16 +18,22 @@ from rich.console import Console
 from rich.table import Table
 
 PIPED_WIDTH = 200
+# The process's own stdout, not whatever ``sys.stdout`` is at print time: while a rich progress display
+# runs (Lightning's bar, a status spinner) ``sys.stdout`` is redirected into it, on stderr.
+_STDOUT = sys.__stdout__ or sys.stdout
 
 
 def _piped_width() -> int | None:
-    if sys.stdout.isatty():
+    """None (the terminal's width) on a terminal; piped, at least :data:`PIPED_WIDTH`: a ``COLUMNS`` that a
+    parent process exported for its own terminal (pytest exports 80) must not narrow a file's tables."""
+    if _STDOUT.isatty():
         return None
-    return int(os.environ.get("COLUMNS", PIPED_WIDTH))
+    columns = os.environ.get("COLUMNS", "")
+    return max(int(columns) if columns.isdigit() else 0, PIPED_WIDTH)
 
 
 console = Console(stderr=True, highlight=False)
-results = Console(highlight=False, width=_piped_width())
+results = Console(file=_STDOUT, highlight=False, width=_piped_width())
 
 
 @contextmanager
