@@ -37,7 +37,8 @@ def test_reference_run_ran_every_stage_and_wrote_the_report(reference_run: Refer
         ndcg = run.results[ALL.index(model)].metrics["test/ndcg_at_10"]
         assert f"| {model.removeprefix('evaluate_')} | {model} | " in markdown and f"{ndcg:.4f}" in markdown
         assert (report / "plots" / f"{model}_at_k.png").stat().st_size > 0
-    assert "popularity_vs_coverage.png" in (report / "report.html").read_text()
+    page = (report / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in page and 'alt="popularity_vs_coverage"' in page
 
 
 def _client(reference_run: Reference) -> MlflowClient:
