@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.common.trainer import require_accelerator
 from models.schemas import register_model_schemas
 from pipelines.graph import PipelineConfig
 from recsys.config import register_schema
 from recsys.errors import ConfigError, InputError
 from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
 from recsys.scoring import candidate_models, register_scorer_source, reranked_retriever, retriever_folder
-from recsys.settings import TrainerConfig
+from recsys.settings import GPU_ACCELERATORS, TrainerConfig
 from recsys.stage import ModelFamily, ScorerSource, StageResult
 from recsys.structured import typed
 from recsys.tracking.runs import StageScope, current_scope, stage_scope
@@ -133,8 +132,12 @@ def _launched() -> bool:
 
 
 def _check_trainer(trainer: TrainerConfig) -> None:
-    """The devices a training asks for exist here, and a multi-node one was started by torchrun."""
-    require_accelerator(trainer)
+    """The devices a training asks for exist here, and a multi-node one was started by torchrun. Torch is
+    imported only to count GPUs: planning a CPU pipeline stays free of it."""
+    if trainer.accelerator in GPU_ACCELERATORS:
+        from models.common.trainer import require_accelerator
+
+        require_accelerator(trainer)
     if trainer.num_nodes > 1 and not _launched():
         raise ConfigError(
             f"trainer.num_nodes={trainer.num_nodes}: a multi-node training is started by torchrun on every "

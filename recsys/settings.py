@@ -29,6 +29,10 @@ def _check_limit(key: str, value: Any) -> None:
     )
 
 
+# trainer.accelerator values that need CUDA devices.
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """``conf/trainer/*.yaml``: the Lightning ``Trainer`` settings every model family shares."""

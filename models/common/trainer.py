@@ -8,9 +8,8 @@ import lightning.pytorch as pl
 import torch
 
 from recsys.errors import ConfigError
-from recsys.settings import TrainerConfig
+from recsys.settings import GPU_ACCELERATORS, TrainerConfig
 
-GPU_ACCELERATORS = ("gpu", "cuda")
 GPU_INSTALL_DOC = "docs/install.md#gpu"
 
 
