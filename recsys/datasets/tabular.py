@@ -120,9 +120,12 @@ def _timestamp(frame: DataFrame, name: str, cfg: TableDataConfig) -> Column:
     return F.coalesce(seconds.cast("string"), text)
 
 
-def _raw(frame: DataFrame, names: list[str], delimiter: str) -> Column:
-    """The record as read, for error messages: its fields joined by the delimiter."""
-    return F.concat_ws(delimiter, *[F.coalesce(_as_text(frame, n), F.lit("")) for n in names])
+def _record_columns(frame: DataFrame, delimiter: str) -> list[Column]:
+    """The columns every raw table starts with: its file, the record as read (its fields joined by the
+    delimiter, for error messages) and no parse error (the CSV reader already split the fields)."""
+    header = [c for c in frame.columns if c != SOURCE_FILE]
+    raw = F.concat_ws(delimiter, *[F.coalesce(_as_text(frame, n), F.lit("")) for n in header])
+    return [F.col(SOURCE_FILE), raw.alias(RAW), F.lit(None).cast("string").alias(PARSE_ERROR)]
 
 
 def _interactions(spark: SparkSession, folder: Path, cfg: TableDataConfig) -> RawTable:
@@ -136,11 +139,8 @@ def _interactions(spark: SparkSession, folder: Path, cfg: TableDataConfig) -> Ra
         EVENT_TYPE: cfg.columns.event_type,
     }
     _require_columns(frame, files, mapping, "columns")
-    header = [c for c in frame.columns if c != SOURCE_FILE]
     columns: list[Column] = [
-        F.col(SOURCE_FILE),
-        _raw(frame, header, cfg.delimiter).alias(RAW),
-        F.lit(None).cast("string").alias(PARSE_ERROR),
+        *_record_columns(frame, cfg.delimiter),
     ]
     for canonical, name in mapping.items():
         if name is None:
@@ -160,11 +160,8 @@ def _items(spark: SparkSession, folder: Path, cfg: TableDataConfig, item_file: I
         TEXT: item_file.text,
     }
     _require_columns(frame, files, mapping, "items")
-    header = [c for c in frame.columns if c != SOURCE_FILE]
     columns: list[Column] = [
-        F.col(SOURCE_FILE),
-        _raw(frame, header, cfg.delimiter).alias(RAW),
-        F.lit(None).cast("string").alias(PARSE_ERROR),
+        *_record_columns(frame, cfg.delimiter),
         _as_text(frame, item_file.item_id).alias(ITEM_ID),
     ]
     if item_file.title is not None:
@@ -184,11 +181,8 @@ def _users(spark: SparkSession, folder: Path, cfg: TableDataConfig, user_file: U
     wanted: dict[str, str | None] = {USER_ID: user_file.user_id}
     wanted.update({a: a for a in cfg.user_attributes})
     _require_columns(frame, files, wanted, "users")
-    header = [c for c in frame.columns if c != SOURCE_FILE]
     columns: list[Column] = [
-        F.col(SOURCE_FILE),
-        _raw(frame, header, cfg.delimiter).alias(RAW),
-        F.lit(None).cast("string").alias(PARSE_ERROR),
+        *_record_columns(frame, cfg.delimiter),
         _as_text(frame, user_file.user_id).alias(USER_ID),
         *[_as_text(frame, a).alias(a) for a in cfg.user_attributes],
     ]
