@@ -44,6 +44,10 @@ class ReportSettings:
     ranking_metrics: tuple[str, ...]
 
 
+# Sections that say how commands run, never what they compute: editing them reruns nothing.
+ALWAYS_UNHASHED = ("locks",)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """``conf/pipeline/<name>.yaml`` (group ``pipeline``).
@@ -112,7 +116,7 @@ def parse_pipeline(pipeline_cfg: Mapping[str, Any] | None) -> PipelineSpec:
         config.name,
         config.overrides,
         tuple(topological_order(config.name, stages)),
-        config.hash_exclude,
+        (*config.hash_exclude, *ALWAYS_UNHASHED),
         config.report,
     )
 

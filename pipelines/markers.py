@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +21,6 @@ from recsys.errors import ManifestError
 
 MARKERS_DIR = "_markers"
 MARKER_VERSION = 1
-# publish_atomically's staging (".<name>.tmp-<hex8>") and replaced (".<name>.old-<hex8>") folders.
-_STALE = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -142,15 +138,3 @@ def fingerprint_output(folder: Path) -> str | None:
 
 def fingerprint_outputs(run_folder: Path, outputs: Iterable[str]) -> dict[str, str | None]:
     return {out: fingerprint_output(run_folder / out) for out in outputs}
-
-
-def remove_stale_staging(run_folder: Path) -> list[Path]:
-    """Delete staging folders a killed run left behind (hidden, so never visible as outputs)."""
-    removed: list[Path] = []
-    if not run_folder.is_dir():
-        return removed
-    for path in sorted(run_folder.rglob(".*")):
-        if path.is_dir() and _STALE.match(path.name) and path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed

@@ -34,16 +34,16 @@ from pipelines.markers import (
     markers_dir,
     read_marker,
     remove_marker,
-    remove_stale_staging,
     started_path,
     write_json_atomically,
     write_marker,
 )
 from pipelines.report import StageRow, print_summary, report_is_current, write_report
+from recsys import locks
 from recsys.config import compose, to_plain
 from recsys.console import console, print_result
 from recsys.errors import ConfigError, InputError, RecsysError
-from recsys.manifest import config_hash
+from recsys.manifest import config_hash, remove_stale_staging
 from recsys.paths import RunPaths
 from recsys.tracking.runs import end_pipeline_run, start_pipeline_run
 
@@ -257,6 +257,7 @@ def run_pipeline(
     # The pipeline's MLflow run, created when the first stage runs: its stages' runs nest under it and the
     # report is logged into it (a rerun that skips everything creates none).
     pipeline_run: str | None = None
+    locks.configure(base.get("locks"))
     with _run_lock(run_folder):
         for stale in remove_stale_staging(run_folder):
             console.print(f"removed staging folder of an interrupted run: {stale}", soft_wrap=True)
@@ -343,7 +344,10 @@ def _report(
         return folder, pipeline_run
     if pipeline_run is None:
         pipeline_run = start_pipeline_run(base, name)
-    folder = write_report(run_folder, name, date, results, settings, base, digest, pipeline_run)
+    # The report reads every stage's published outputs (plots): none may be replaced while it does.
+    read = [run_folder / output for row in results for output in row.outputs]
+    with locks.stage_locks([folder], read):
+        folder = write_report(run_folder, name, date, results, settings, base, digest, pipeline_run)
     console.print(
         f"report: {folder / 'report.md'}, {folder / 'report.html'} (MLflow run {pipeline_run})",
         soft_wrap=True,

@@ -18,8 +18,10 @@ from typing import Any
 
 from models.schemas import register_model_schemas
 from pipelines.graph import PipelineConfig
+from recsys import locks
 from recsys.config import register_schema
 from recsys.errors import ConfigError, InputError
+from recsys.manifest import remove_stale_staging
 from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
 from recsys.scoring import candidate_models, register_scorer_source, reranked_retriever, retriever_folder
 from recsys.settings import GPU_ACCELERATORS, TrainerConfig
@@ -277,7 +279,7 @@ STAGES: dict[str, Stage] = {
     INDEX: Stage(
         INDEX,
         reads=("model", "index", "evaluation"),
-        needs=lambda p, c: (p.features / SPLIT_OUTPUT,),
+        needs=lambda p, c: (p.features / SPLIT_OUTPUT, retriever_folder(p, _model(c))),
         publishes=lambda p, c: (p.index(_model(c), str(c["index"]["name"])), p.candidates(_model(c))),
         run=_index,
     ),
@@ -309,19 +311,38 @@ def scope(kind: str, name: str, parent_run_id: str | None = None) -> AbstractCon
     return stage_scope(StageScope(name, stage(kind).reads, parent_run_id, {"stage_kind": kind}))
 
 
+def stage_locks(kinds: tuple[str, ...], cfg: Mapping[str, Any]) -> AbstractContextManager[None]:
+    """The locks of running ``kinds`` one after another in this process (a command that builds features
+    before evaluating takes them all before it starts, so it refuses before doing any work)."""
+    paths = RunPaths.from_cfg(cfg)
+    locks.configure(cfg.get("locks"))
+    writes = [folder for kind in kinds for folder in stage(kind).publishes(paths, cfg)]
+    reads = [folder for kind in kinds for folder in stage(kind).needs(paths, cfg)]
+    return locks.stage_locks(writes, reads)
+
+
 def run_stage(kind: str, cfg: Mapping[str, Any]) -> StageResult:
-    """Run one stage: check that what it needs is published, then run it.
+    """Run one stage: take its locks, check that what it needs is published, then run it.
+
+    The stage holds the writer lock of every folder it publishes (the same stage started twice waits, then
+    refuses naming the holder) and a shared lock on every folder it reads (nobody replaces an input while
+    it runs); see :mod:`recsys.locks`.
 
     Raises:
         InputError: an input folder is missing (the message names it and the command that makes it).
         ConfigError: unknown kind, or a model family without this stage.
+        LockTimeoutError: another command kept a lock this stage needs past ``locks.wait_s``.
     """
     check_family_stage(kind, cfg)
-    missing = missing_inputs(kind, cfg)
-    if missing:
-        raise InputError(
-            f"stage {kind} needs {', '.join(str(m) for m in missing)}, which is not published yet; run the "
-            "stage that writes it first (`recsys features`, `recsys evaluate model=...` or `recsys train "
-            "model=...` for the same paths.root and run.date)."
-        )
-    return stage(kind).run(cfg)
+    writes = stage(kind).publishes(RunPaths.from_cfg(cfg), cfg)
+    with stage_locks((kind,), cfg):
+        for folder in writes:
+            remove_stale_staging(folder.parent, recursive=False)
+        missing = missing_inputs(kind, cfg)
+        if missing:
+            raise InputError(
+                f"stage {kind} needs {', '.join(str(m) for m in missing)}, which is not published yet; run "
+                "the stage that writes it first (`recsys features`, `recsys evaluate model=...` or `recsys "
+                "train model=...` for the same paths.root and run.date)."
+            )
+        return stage(kind).run(cfg)

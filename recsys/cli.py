@@ -125,9 +125,10 @@ def _run_verb(verb: str, cfg: Mapping[str, Any]) -> list[tuple[str, StageResult]
     if verb in BUILDS_FEATURES and not _features_published(cfg):
         kinds = (*STAGE_VERBS["features"], *kinds)
     done = []
-    for kind in kinds:
-        with registry.scope(kind, kind):
-            done.append((kind, registry.run_stage(kind, cfg)))
+    with registry.stage_locks(kinds, cfg):
+        for kind in kinds:
+            with registry.scope(kind, kind):
+                done.append((kind, registry.run_stage(kind, cfg)))
     return done
 
 

@@ -7,9 +7,11 @@ failed job therefore leaves the previous published stage (or nothing) behind, ne
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,6 +25,9 @@ from recsys import __version__
 from recsys.errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
+# publish_atomically's staging (".<name>.tmp-<pid>-<hex8>") and replaced (".<name>.old-<pid>-<hex8>")
+# folders; the pid tells a live publisher's folder from one a killed process left behind.
+_SIDE_FOLDER = re.compile(r"^\..+\.(tmp|old)-(?:(\d+)-)?[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -114,25 +119,82 @@ def fingerprint_manifests(folders: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def publish_atomically(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success it replaces ``final`` in one rename.
+def _side_folder(final: Path, kind: str) -> Path:
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
-    On an exception the temporary folder is deleted and ``final`` keeps its previous content.
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_staging(path: Path) -> bool:
+    """A staging or replaced folder of :func:`publish_atomically` whose process is gone (killed mid-publish);
+    a live process's folder (another command publishing right now) is not stale."""
+    match = _SIDE_FOLDER.match(path.name)
+    if match is None or not path.is_dir():
+        return False
+    pid = match.group(2)
+    return pid is None or (int(pid) != os.getpid() and not _alive(int(pid)))
+
+
+def remove_stale_staging(folder: Path, recursive: bool = True) -> list[Path]:
+    """Delete staging folders killed processes left in ``folder`` (and below it, with ``recursive``): they
+    are hidden, so never visible as outputs; those of live processes (a command publishing in parallel)
+    stay."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    candidates = folder.rglob(".*") if recursive else folder.glob(".*")
+    for path in sorted(candidates):
+        if path.exists() and is_stale_staging(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def publish_atomically(final: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it becomes ``final`` in one rename.
+
+    On an exception the temporary folder is deleted and ``final`` keeps its previous content. Replacing a
+    published unit of a run folder waits for the stages reading it (:func:`recsys.locks.publishing`), so a
+    reader never sees its input swapped. ``replace=False`` is for content-addressed caches: when another
+    process published the same ``final`` first, its copy is kept and this one discarded.
     """
+    from recsys import locks
+
     final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = _side_folder(final, "tmp")
     staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not replace:
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     previous: Path | None = None
-    if final.exists():
-        previous = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, previous)
-    os.replace(staging, final)
+    try:
+        with locks.publishing(final):
+            if final.exists():
+                previous = _side_folder(final, "old")
+                os.replace(final, previous)
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)

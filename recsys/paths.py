@@ -26,6 +26,10 @@ RERANK = "rerank"
 REPORT = "report"
 MARKERS = "_markers"
 WORK = "_work"
+LOCKS = "_locks"
+# Stages that publish one folder per model (``evaluate/<model>``); the others publish the stage folder.
+_PER_MODEL = (EVALUATE, TRAIN, INDEX, CANDIDATES, RERANK)
+_WHOLE = (INGEST, FEATURES, REPORT)
 
 
 def run_dir(root: str | Path, date: str) -> Path:
@@ -101,6 +105,22 @@ class RunPaths:
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder (how markers and pipeline configs name outputs)."""
         return str(Path(path).relative_to(self.run))
+
+
+def unit_of(path: str | Path) -> tuple[Path, str] | None:
+    """The run folder and the published unit (``features``, ``evaluate/<model>``, ...) that ``path`` lies in;
+    ``None`` outside a run folder's published stages (``_work``, ``_markers``, a path elsewhere)."""
+    path = Path(path).expanduser().absolute()
+    for folder in path.parents:
+        if not _DATE.match(folder.name):
+            continue
+        parts = path.relative_to(folder).parts
+        if parts[0] in _WHOLE:
+            return folder, parts[0]
+        if parts[0] in _PER_MODEL and len(parts) >= 2:
+            return folder, f"{parts[0]}/{parts[1]}"
+        return None
+    return None
 
 
 def earlier_runs(root: str | Path, date: str) -> list[Path]:

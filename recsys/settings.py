@@ -76,6 +76,22 @@ class RunConfig:
     id: str
 
 
+@dataclass(frozen=True)
+class LocksConfig:
+    """``locks`` in ``conf/config.yaml``: how long a command waits for another holding a lock it needs
+    (:mod:`recsys.locks`).
+
+    Attributes:
+        wait_s: for another command producing the same output, before refusing.
+        publish_wait_s: a finished stage, for the stages still reading the output it replaces.
+        poll_s: how often a waiting command retries.
+    """
+
+    wait_s: float = 60.0
+    publish_wait_s: float = 3600.0
+    poll_s: float = 0.2
+
+
 # --- data ---------------------------------------------------------------------------------------------------
 
 
@@ -369,6 +385,9 @@ class TrackingConfig:
     # null = where the tracking server says.
     artifact_root: str | None
     experiment: str
+    # A folder every command of the pipeline shares: registry promotions of one model queue on a lock
+    # file in it, so two at once leave the better model champion.
+    lock_dir: str
 
 
 # --- index --------------------------------------------------------------------------------------------------
@@ -498,6 +517,7 @@ def register_core_schemas() -> None:
     register_schema("trainer", TrainerConfig)
     register_schema("paths", PathsConfig)
     register_schema("run", RunConfig)
+    register_schema("locks", LocksConfig)
     for data_format, data_schema in DATA_SCHEMAS.items():
         register_schema("data", data_schema, when=("format", data_format))
     register_schema("features", FeaturesConfig)

@@ -97,7 +97,8 @@ def write_long_history_ctr(ctr: Path, log: EventLog, length: int, parent: Path) 
         offsets = np.concatenate([[0], np.cumsum(present.sum(1))]).astype(np.int32)
         bags = pa.ListArray.from_arrays(pa.array(offsets), pa.array(items[present], type=pa.int64()))
         table = table.set_column(table.column_names.index(RECENT_ITEMS), RECENT_ITEMS, bags)
-        with publish_atomically(folder) as staging:
+        # Content-addressed: a copy another process published first is the same data and is kept.
+        with publish_atomically(folder, replace=False) as staging:
             pq.write_to_dataset(table, root_path=str(staging), partition_cols=[SPLIT])
             extra = {**manifest.extra, "long_history": length, "derived_from": str(ctr)}
             write_manifest(staging, replace(manifest, name=folder.name, extra=extra))
@@ -199,7 +200,7 @@ def train_conventional(
     )
     with step(f"DLRM (conventional model) on every training row, seed {seed}"):
         trainer.fit(module, datamodule=datamodule)
-    with publish_atomically(folder) as staging:
+    with publish_atomically(folder, replace=False) as staging:
         save_artifacts(module, cfg, datamodule.counts, staging)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

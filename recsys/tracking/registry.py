@@ -7,18 +7,45 @@ A challenger never replaces the champion on numbers from a different evaluation 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from recsys import locks
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVAL_SET_TAG = "eval_set"
 # Registered-model tag: "public" (clients call it) or "internal" (the pipeline's own building block).
 AUDIENCE_TAG = "audience"
+
+
+# Where promotion locks live (``tracking.lock_dir``, set by ``runs.configure``); None: no lock.
+_lock_dir: Path | None = None
+
+
+def set_lock_dir(folder: Path | None) -> None:
+    global _lock_dir
+    _lock_dir = folder
+
+
+@contextmanager
+def _promotion_lock(name: str) -> Iterator[None]:
+    """Promotions of ``name`` one at a time: each compares with the champion the previous one left."""
+    if _lock_dir is None:
+        yield
+        return
+    with locks.exclusive(
+        _lock_dir / f".registry-{name}.lock",
+        f"the promotion of registered model {name!r}",
+        "Another command is registering a version of it; retry, or raise locks.wait_s.",
+    ):
+        yield
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,19 @@ def register_and_gate(
     client = MlflowClient()
     client.set_tag(run_id, EVAL_SET_TAG, eval_set)
     run_metrics = dict(client.get_run(run_id).data.metrics)
+    with _promotion_lock(name):
+        return _register(client, model_uri, name, run_metrics, metric, eval_set, internal)
+
+
+def _register(
+    client: MlflowClient,
+    model_uri: str,
+    name: str,
+    run_metrics: dict[str, float],
+    metric: str,
+    eval_set: str,
+    internal: str | None,
+) -> Registration:
     current = _champion(client, name)
     version = mlflow.register_model(model_uri, name, tags={EVAL_SET_TAG: eval_set})
     client.set_registered_model_alias(name, CHALLENGER, version.version)

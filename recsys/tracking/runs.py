@@ -23,7 +23,9 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
+from recsys import locks
 from recsys.tracking.keys import metric_key, mlflow_key
 
 # MLflow's limits: 500 characters per param value, at most 100 params and 1000 metrics per batch call.
@@ -79,11 +81,31 @@ def current_scope() -> StageScope | None:
 def configure(tracking: Mapping[str, Any]) -> str:
     """Point MLflow at the configured store, create the experiment if needed and make it the active one
     (a bare ``mlflow.start_run()`` would otherwise use experiment 0, whose artifacts land in ./mlruns);
-    returns its id."""
+    returns its id.
+
+    A new SQLite store is created and migrated by MLflow on first use; parallel stages on a fresh root
+    would each start that migration, so the first use happens under a file lock beside the database.
+    """
     uri = str(tracking["tracking_uri"])
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    from recsys.tracking import registry
+
+    registry.set_lock_dir(Path(str(tracking["lock_dir"])))
+    if not uri.startswith("sqlite:///"):
+        mlflow.set_tracking_uri(uri)
+        return _activate_experiment(tracking)
+
+    database = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(
+        database.with_name(f"{database.name}.lock"),
+        f"the MLflow store {database} (being created)",
+        "Another command is creating or upgrading it; retry, or raise locks.wait_s.",
+    ):
+        mlflow.set_tracking_uri(uri)
+        return _activate_experiment(tracking)
+
+
+def _activate_experiment(tracking: Mapping[str, Any]) -> str:
     name = str(tracking["experiment"])
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
@@ -91,7 +113,14 @@ def configure(tracking: Mapping[str, Any]) -> str:
     else:
         artifact_root = tracking.get("artifact_root")
         location = Path(str(artifact_root)).joinpath(name).as_uri() if artifact_root else None
-        experiment_id = str(mlflow.create_experiment(name, artifact_location=location))
+        try:
+            experiment_id = str(mlflow.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            # Another process created it between the lookup and the creation (a tracking server).
+            again = mlflow.get_experiment_by_name(name)
+            if again is None:
+                raise
+            experiment_id = str(again.experiment_id)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

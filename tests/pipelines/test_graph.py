@@ -197,9 +197,9 @@ def test_stage_with_a_missing_model_config_names_the_stage(tmp_path: Path) -> No
 def test_sections_no_stage_reads_do_not_change_stage_hashes(tmp_path: Path) -> None:
     user = [f"paths.root={tmp_path}"]
     spec = parse_pipeline(to_plain(compose(["pipeline=demo", *user]))["pipeline"])
-    assert spec.hash_exclude == ("bench",)
+    assert spec.hash_exclude == ("bench", "locks")
     _, planned = plan(spec, user)
-    _, bench_edited = plan(spec, [*user, "bench=features", "bench.num_events=5"])
+    _, bench_edited = plan(spec, [*user, "bench=features", "bench.num_events=5", "locks.wait_s=5"])
     _, data_edited = plan(spec, [*user, "features.sequences.max_length=7"])
     assert [p.config_hash for p in bench_edited] == [p.config_hash for p in planned]
     assert all(a.config_hash != b.config_hash for a, b in zip(planned, data_edited, strict=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from pipelines.markers import (
     fingerprint_outputs,
     marker_path,
     read_marker,
-    remove_stale_staging,
     started_path,
     write_json_atomically,
     write_marker,
 )
 from recsys.errors import ManifestError
+from recsys.manifest import remove_stale_staging
 
 
 def _marker(**changes: object) -> Marker:
@@ -80,14 +81,26 @@ def test_output_fingerprint_changes_when_a_file_is_rewritten_or_added(tmp_path: 
 
 
 def test_stale_staging_of_a_killed_run_is_removed_and_nothing_else(tmp_path: Path) -> None:
-    staging = tmp_path / ".features.tmp-0a1b2c3d"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    staging = tmp_path / f".features.tmp-{dead.pid}-0a1b2c3d"
     (staging / "split" / "_temporary").mkdir(parents=True)
-    old = tmp_path / "evaluate" / ".ease.old-deadbeef"
+    old = tmp_path / "evaluate" / ".ease.old-deadbeef"  # written before staging names carried a pid
     old.mkdir(parents=True)
-    keep = [tmp_path / "features" / "split", tmp_path / ".hidden-but-not-staging", tmp_path / ".x.tmp-short"]
+    keep = [
+        tmp_path / "features" / "split",
+        tmp_path / ".hidden-but-not-staging",
+        tmp_path / ".x.tmp-short",
+        tmp_path / "evaluate" / f".mostpop.tmp-{live.pid}-0a1b2c3d",  # another command publishing now
+    ]
     for folder in keep:
         folder.mkdir(parents=True)
-    removed = remove_stale_staging(tmp_path)
+    try:
+        removed = remove_stale_staging(tmp_path)
+    finally:
+        live.kill()
+        live.wait()
     assert sorted(removed) == sorted([staging, old])
     assert not staging.exists() and not old.exists()
     assert all(folder.exists() for folder in keep)

@@ -70,7 +70,10 @@ def test_every_kind_declares_what_it_reads_needs_and_publishes(tmp_path: Path) -
     assert relative["features"] == (["ingest/interactions"], ["features"])
     assert relative["evaluate"] == (["features/split"], ["evaluate/puresvd"])
     assert relative["train"] == (["features/split"], ["train/puresvd"])
-    assert relative["index"] == (["features/split"], ["index/puresvd-hnsw", "candidates/puresvd"])
+    assert relative["index"] == (
+        ["features/split", "evaluate/puresvd"],
+        ["index/puresvd-hnsw", "candidates/puresvd"],
+    )
     ranker = _cfg(tmp_path, "model=dlrm")
     assert [paths.relative(p) for p in STAGES["rerank"].needs(paths, ranker)] == [
         "features/split",
@@ -92,7 +95,7 @@ def test_run_stage_refuses_an_input_that_is_not_published(tmp_path: Path) -> Non
         run_stage("features", cfg)
     # A folder without its manifest is not published (a killed writer's leftovers).
     (paths.features / "split").mkdir(parents=True)
-    assert missing_inputs("index", cfg) == [paths.features / "split"]
+    assert missing_inputs("index", cfg) == [paths.features / "split", paths.evaluate("ease")]
     with pytest.raises(InputError, match=r"stage index needs .*features/split"):
         run_stage("index", _cfg(tmp_path, "model=puresvd"))
     # Rerank: every missing input is named, the published one is not.
@@ -105,7 +108,7 @@ def test_run_stage_refuses_an_input_that_is_not_published(tmp_path: Path) -> Non
     assert str(paths.train("dlrm")) in message and str(paths.evaluate("puresvd")) in message
     assert str(paths.features / "split") not in message
     # Refused before doing anything: no MLflow store, no stage folder.
-    assert sorted(p.name for p in paths.run.iterdir()) == ["features"]
+    assert sorted(p.name for p in paths.run.iterdir()) == ["_locks", "features"]
     assert not (tmp_path / "mlflow.db").exists()
 
 
