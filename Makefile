@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints-cpu.txt
-EXTRAS := cpu,llm,bench,dev
+EXTRAS := cpu,llm,bench,server,dev
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: install demo test lint typecheck unit bench tour clean

@@ -77,7 +77,7 @@ def test_optional_stacks_are_extras_not_requirements() -> None:
     optional_stacks = ("transformers", "peft", "sentence-transformers", "duckdb", "faiss", "fbgemm-gpu-cpu")
     for optional in optional_stacks:
         assert optional not in dependencies
-    assert {"cpu", "gpu", "llm", "bench", "dev"} <= set(extras)
+    assert {"cpu", "gpu", "llm", "bench", "server", "dev"} <= set(extras)
     assert any(req.startswith("torchrec") for req in extras["gpu"])
 
 
@@ -93,7 +93,7 @@ def test_constraints_pin_every_range_the_makefile_installs() -> None:
             pins[requirement.name] = next(iter(requirement.specifier)).version
     project = _project()
     extras: dict[str, list[str]] = project["optional-dependencies"]  # type: ignore[assignment]
-    declared = [*project["dependencies"], *extras["cpu"], *extras["llm"], *extras["bench"]]  # type: ignore[misc]
+    declared = [*project["dependencies"], *extras["cpu"], *extras["llm"], *extras["bench"], *extras["server"]]  # type: ignore[misc]
     for text in declared:
         requirement = Requirement(text)
         if requirement.name in pins:
