@@ -45,7 +45,7 @@ from recsys.console import console, print_result
 from recsys.errors import ConfigError, InputError, RecsysError
 from recsys.manifest import config_hash, remove_stale_staging
 from recsys.paths import RunPaths
-from recsys.tracking.runs import end_pipeline_run, start_pipeline_run
+from recsys.tracking.runs import close_orphans, end_pipeline_run, start_pipeline_run
 
 LOCK_FILE = ".lock"
 # Changed config keys named in the "why" column when a stage reruns.
@@ -261,6 +261,8 @@ def run_pipeline(
     with _run_lock(run_folder):
         for stale in remove_stale_staging(run_folder):
             console.print(f"removed staging folder of an interrupted run: {stale}", soft_wrap=True)
+        for orphan in close_orphans(base, pipeline=spec.name):
+            console.print(f"MLflow run {orphan} of an interrupted pipeline run marked FAILED")
         failed: BaseException | None = None
         for stage in planned:
             spec_ = stage.spec

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from models.schemas import register_model_schemas
 from pipelines.graph import PipelineConfig
 from recsys import locks
 from recsys.config import register_schema
+from recsys.console import console
 from recsys.errors import ConfigError, InputError
 from recsys.manifest import remove_stale_staging
 from recsys.paths import EVALUATE, FEATURES, INDEX, INGEST, RERANK, TRAIN, RunPaths
@@ -27,7 +28,7 @@ from recsys.scoring import candidate_models, register_scorer_source, reranked_re
 from recsys.settings import GPU_ACCELERATORS, TrainerConfig
 from recsys.stage import ModelFamily, ScorerSource, StageResult
 from recsys.structured import typed
-from recsys.tracking.runs import StageScope, current_scope, stage_scope
+from recsys.tracking.runs import TAG_OUTPUTS, StageScope, close_orphans, current_scope, stage_scope
 
 
 def register_schemas() -> None:
@@ -334,7 +335,8 @@ def run_stage(kind: str, cfg: Mapping[str, Any]) -> StageResult:
         LockTimeoutError: another command kept a lock this stage needs past ``locks.wait_s``.
     """
     check_family_stage(kind, cfg)
-    writes = stage(kind).publishes(RunPaths.from_cfg(cfg), cfg)
+    paths = RunPaths.from_cfg(cfg)
+    writes = stage(kind).publishes(paths, cfg)
     with stage_locks((kind,), cfg):
         for folder in writes:
             remove_stale_staging(folder.parent, recursive=False)
@@ -345,4 +347,13 @@ def run_stage(kind: str, cfg: Mapping[str, Any]) -> StageResult:
                 "the stage that writes it first (`recsys features`, `recsys evaluate model=...` or `recsys "
                 "train model=...` for the same paths.root and run.date)."
             )
-        return stage(kind).run(cfg)
+        scope = current_scope()
+        if scope is None:
+            return stage(kind).run(cfg)
+        # Runs are tagged with the outputs the stage publishes: a rerun, holding their writer locks, closes
+        # the runs a killed process of the same stage left RUNNING.
+        outputs = ",".join(sorted(paths.relative(p) for p in writes))
+        for orphan in close_orphans(cfg, outputs=outputs):
+            console.print(f"MLflow run {orphan} of a killed {scope.stage} stage marked FAILED")
+        with stage_scope(replace(scope, tags={**scope.tags, TAG_OUTPUTS: outputs})):
+            return stage(kind).run(cfg)

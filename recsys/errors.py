@@ -21,3 +21,7 @@ class ManifestError(RecsysError):
 
 class ConfigError(RecsysError):
     """The composed configuration is incomplete or inconsistent."""
+
+
+class LearningFailedError(RecsysError):
+    """A trained model ended below the baselines it must beat; nothing was published or registered."""

@@ -47,6 +47,9 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
+    # Refuse to publish a model whose validation metric ends below the best baseline's (see the model's
+    # floor_baselines); off for wiring runs (trainer=smoke), whose few batches teach the model nothing.
+    learning_floor: bool = True
 
     def __post_init__(self) -> None:
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
@@ -555,6 +558,17 @@ class ServingBenchSettings:
     workers: int
     seed: int
     out_dir: str
+    # latency: one client, single and batch requests (the default); load: concurrent clients + fuzz.
+    mode: str = "latency"
+    load_clients: tuple[int, ...] = (1, 8, 32)
+    load_seconds: float = 60.0
+    request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("latency", "load"):
+            raise ConfigError(f"bench.mode={self.mode!r}: must be latency or load.")
+        if not self.load_clients or min(self.load_clients) < 1 or self.load_seconds <= 0:
+            raise ConfigError("bench.load_clients must be counts >= 1 and bench.load_seconds > 0.")
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def plain_epochs(
     module: SequentialLitModule, datamodule: SequenceDataModule, epochs: int
 ) -> list[tuple[float, float]]:
     """(Wall, CPU) seconds per epoch of the reference loop: same loss, optimizer, batches; no framework."""
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     module.train()
     seconds = []
     for _ in range(epochs):

@@ -56,6 +56,11 @@ class SequentialConfig:
     few_interactions_max: int
     num_threads: int | None
     seeds: tuple[int, ...] | None
+    # Early stopping is ignored before min_steps optimizer steps; linear LR warmup (sasrec.yaml says why).
+    min_steps: int = 0
+    warmup_steps: int = 0
+    # Baselines whose validation NDCG@10 the model must beat (models/sequential/floor.py); () = no floor.
+    floor_baselines: tuple[str, ...] = ()
     # The `molar:` block (architecture=molar only; sasrec.yaml has none).
     molar: MolarConfig | None = None
 
@@ -79,6 +84,8 @@ class SequentialConfig:
                 f"{_SOURCE}/{name}.yaml: max_len, batch_size, max_epochs, patience and num_negatives "
                 "must be >= 1."
             )
+        if min(self.min_steps, self.warmup_steps) < 0:
+            raise ConfigError(f"{_SOURCE}/{name}.yaml: min_steps and warmup_steps must be >= 0.")
 
 
 @dataclass(frozen=True)

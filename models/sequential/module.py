@@ -94,11 +94,20 @@ class SequentialLitModule(pl.LightningModule):
             self.log(f"train/{name}_loss", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.Optimizer:
         # SASRec's Adam (beta2 = 0.98, as in the paper's code).
         return torch.optim.Adam(
             self.network.parameters(), lr=self.cfg.lr, betas=(0.9, 0.98), weight_decay=self.cfg.weight_decay
         )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        warmup = self.cfg.warmup_steps
+        if warmup == 0:
+            return optimizer
+        # Linear warmup per optimizer step: the first updates of a fresh transformer are the noisiest.
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def _collect(self, batch: list[torch.Tensor]) -> None:
         users, histories = batch

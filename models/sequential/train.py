@@ -31,6 +31,7 @@ from models.common.trainer import build_trainer
 from models.sequential.config import SequentialConfig
 from models.sequential.data import SequenceData, SequenceDataModule, load_sequences
 from models.sequential.evaluate import RankingEvaluator, few_interactions_bucket
+from models.sequential.floor import learning_floor
 from models.sequential.module import VALIDATION_METRIC, BestWeights, SequentialLitModule
 from models.sequential.network import MolarNet, SASRec, build_network, encode_users
 from models.sequential.pyfunc import (
@@ -42,6 +43,7 @@ from models.sequential.pyfunc import (
 )
 from recsys.config import typed
 from recsys.console import console, print_table, step
+from recsys.errors import LearningFailedError
 from recsys.manifest import publish_atomically, read_manifest, write_manifest
 from recsys.offline import (
     USER_VECTORS,
@@ -59,6 +61,7 @@ from recsys.settings import TrainerConfig
 from recsys.stage import ModelFamily, PublishedVectors, StageResult
 from recsys.tracking.registry import Registration, register_and_gate
 from recsys.tracking.runs import (
+    flag_failed,
     lightning_logger,
     log_metric_table,
     log_metrics,
@@ -168,6 +171,9 @@ def train_seed(
             num_nodes=1,
             max_epochs=model_cfg.max_epochs,
             logger=logger,
+            # Early stopping cannot end the run before min_steps optimizer steps (Lightning ignores its
+            # stop signal until then): patience alone ended runs on the initial plateau.
+            min_steps=model_cfg.min_steps,
             callbacks=[
                 EarlyStopping(VALIDATION_METRIC, mode="max", patience=model_cfg.patience),
                 best,
@@ -235,13 +241,52 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
         f"{threads} threads, seeds {list(seeds)}"
     )
     results = [train_seed(cfg, model_cfg, seed, data, interactions, content) for seed in seeds]
+    below = _check_floor(cfg, model_cfg, results, data, interactions)
     published = max(results, key=lambda r: r.best_val)
-    registration = publish_and_register(cfg, model_cfg, published, data, interactions)
     summary = summarize(results, model_cfg.few_interactions_max)
     if len(results) > 1:
         _log_summary(cfg, model_cfg, summary, results)
+    if published.seed in below:
+        raise LearningFailedError(
+            f"{model_cfg.name} did not learn: {below[published.seed]}, for every seed {list(seeds)}. Nothing "
+            "was published or registered; the runs are marked FAILED (tag learning_failed) in MLflow. Check "
+            "model.lr and the training curves, or train longer (model.min_steps, model.max_epochs)."
+        )
+    registration = publish_and_register(cfg, model_cfg, published, data, interactions)
     _print_summary(model_cfg, results, summary, published, registration)
+    if below:
+        console.print(
+            f"[yellow]seeds below the learning floor (marked FAILED in MLflow): "
+            f"{', '.join(f'{seed}: {why}' for seed, why in below.items())}[/yellow]",
+            soft_wrap=True,
+        )
     return TrainResult(model_cfg.name, results, published, summary, registration)
+
+
+def _check_floor(
+    cfg: Mapping[str, Any],
+    model_cfg: SequentialConfig,
+    results: Sequence[SeedResult],
+    data: SequenceData,
+    interactions: InteractionData,
+) -> dict[int, str]:
+    """Seeds whose best validation NDCG@10 is below the learning floor, with the reason (their MLflow runs
+    are marked FAILED); empty when the trainer turns the floor off (trainer=smoke)."""
+    if not typed(TrainerConfig, cfg["trainer"], "trainer").learning_floor:
+        return {}
+    evaluator = RankingEvaluator(interactions, cfg["evaluation"], model_cfg.few_interactions_max)
+    paths = RunPaths.from_cfg(cfg)
+    floor = learning_floor(paths, model_cfg.floor_baselines, evaluator, data, interactions)
+    if floor is None:
+        return {}
+    console.print(f"learning floor: {floor.describe()}")
+    below = {}
+    for result in results:
+        if result.best_val < floor.value:
+            reason = f"best validation NDCG@10 {result.best_val:.4f} is below {floor.describe()}"
+            flag_failed(cfg["tracking"], result.run_id, reason)
+            below[result.seed] = reason
+    return below
 
 
 def summarize(results: Sequence[SeedResult], few_max: int) -> pd.DataFrame:

@@ -42,6 +42,9 @@ TAG_RUN_DATE = "run_date"
 TAG_GIT_COMMIT = "git_commit"
 TAG_DATA_FINGERPRINT = "data_fingerprint"
 TAG_PIPELINE = "pipeline"
+TAG_RUN_FOLDER = "run_folder"
+# The run folder outputs a stage publishes (comma-separated): which runs a rerun of the stage may close.
+TAG_OUTPUTS = "outputs"
 
 
 @dataclass(frozen=True)
@@ -170,8 +173,10 @@ def data_fingerprint(cfg: Mapping[str, Any]) -> str | None:
 
 
 def provenance_tags(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """``run_date``, ``git_commit`` and ``data_fingerprint`` (the last two when known)."""
-    tags = {TAG_RUN_DATE: str(cfg["run"]["date"])}
+    """``run_date``, ``run_folder``, ``git_commit`` and ``data_fingerprint`` (the last two when known)."""
+    from recsys.paths import RunPaths
+
+    tags = {TAG_RUN_DATE: str(cfg["run"]["date"]), TAG_RUN_FOLDER: str(RunPaths.from_cfg(cfg).run)}
     commit, fingerprint = git_commit(), data_fingerprint(cfg)
     if commit:
         tags[TAG_GIT_COMMIT] = commit
@@ -238,6 +243,18 @@ def resume_run(tracking: Mapping[str, Any], run_id: str, nested: bool = False) -
         yield run
 
 
+TAG_LEARNING_FAILED = "learning_failed"
+
+
+def flag_failed(tracking: Mapping[str, Any], run_id: str, reason: str) -> None:
+    """Mark a finished run FAILED with the reason as its ``learning_failed`` tag: the UI and any search for
+    failed runs then show a model that trained without error but did not learn."""
+    configure(tracking)
+    client = MlflowClient()
+    client.set_tag(run_id, TAG_LEARNING_FAILED, reason)
+    client.set_terminated(run_id, status="FAILED")
+
+
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return None if run is None else str(run.info.run_id)
@@ -297,6 +314,40 @@ def lightning_logger(cfg: Mapping[str, Any], run_id: str) -> Any:
         tracking_uri=str(cfg["tracking"]["tracking_uri"]),
         run_id=run_id,
     )
+
+
+def close_orphans(
+    cfg: Mapping[str, Any], outputs: str | None = None, pipeline: str | None = None
+) -> list[str]:
+    """Mark FAILED the runs of this run folder that a killed process left ``RUNNING``: those of the stage
+    that publishes ``outputs`` (its ``outputs`` tag), or the pipeline run of ``pipeline``; returns their ids.
+
+    Called by a command that holds those outputs' writer locks (or the pipeline's run lock): no live process
+    can own such a run, so every one found is an orphan.
+    """
+    uri = str(cfg["tracking"]["tracking_uri"])
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).is_file():
+        return []
+    from recsys.paths import RunPaths
+
+    folder = str(RunPaths.from_cfg(cfg).run)
+    if pipeline is not None:
+        which = f"tags.{TAG_STAGE} = '{TAG_PIPELINE}' and tags.{TAG_PIPELINE} = '{pipeline}'"
+    else:
+        which = f"tags.{TAG_OUTPUTS} = '{outputs}'"
+    if any("'" in value for value in (folder, outputs or "", pipeline or "")):
+        return []  # not expressible in MLflow's filter syntax; such runs stay as they are
+    experiment_id = configure(cfg["tracking"])
+    client = MlflowClient()
+    runs = client.search_runs(
+        [experiment_id],
+        f"{which} and tags.{TAG_RUN_FOLDER} = '{folder}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "killed", "its process died; a rerun of the stage marked it FAILED")
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in runs]
 
 
 def start_pipeline_run(cfg: Mapping[str, Any], pipeline: str) -> str:

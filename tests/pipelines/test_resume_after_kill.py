@@ -193,6 +193,16 @@ def test_kill_9_during_training_then_rerun_matches_uninterrupted_training(
         timeout=TIMEOUT_S,
     )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    # The killed process's MLflow runs (its pipeline run and the training's) were closed as FAILED.
+    with sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True) as connection:
+        statuses = {s for (s,) in connection.execute("SELECT DISTINCT status FROM runs")}
+        closed = connection.execute(
+            "SELECT r.name, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "WHERE t.key = 'killed'"
+        ).fetchall()
+    assert "RUNNING" not in statuses
+    assert {status for _, status in closed} == {"FAILED"}
+    assert {name for name, _ in closed} >= {"pipeline-demo", "train-sasrec-seed42"}
     marker = read_marker(run_folder, TRAIN_STAGE)
     assert marker is not None
     assert not started_path(run_folder, TRAIN_STAGE).is_file()
