@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,8 +40,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running ``mlflow models serve``: its port and the pid that leads its process group (the server
+    and its uvicorn workers: what :func:`server_rss_bytes` sums)."""
+
+    port: int
+    pid: int
+
+
+def server_rss_bytes(server: Server) -> int:
+    """Resident memory of every process in the server's process group (Linux ``/proc``)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == server.pid:  # field 5 of stat: the process group id
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
+    return total
+
+
 @contextmanager
-def served(
+def serving(
     model_uri: str,
     tracking_uri: str,
     cwd: Path,
@@ -49,8 +70,8 @@ def served(
     start_timeout_s: float = 120.0,
     env_manager: str = "local",
     environment: Path | None = None,
-) -> Iterator[int]:
-    """Serve ``model_uri``; yields the port once /ping answers and stops the server on exit.
+) -> Iterator[Server]:
+    """Serve ``model_uri``; yields the server once /ping answers and stops it on exit.
 
     ``env_manager="local"`` serves with this interpreter's environment; ``"virtualenv"`` lets MLflow build
     the model's own environment from its requirements first (pyenv for its Python, then pip: minutes the
@@ -82,9 +103,16 @@ def served(
         )
         try:
             _wait_for_ping(server, port, start_timeout_s, model_uri, log)
-            yield port
+            yield Server(port, server.pid)
         finally:
             _stop(server, signal.SIGTERM)
+
+
+@contextmanager
+def served(model_uri: str, tracking_uri: str, cwd: Path, **options: Any) -> Iterator[int]:
+    """:func:`serving`, yielding only the port."""
+    with serving(model_uri, tracking_uri, cwd, **options) as server:
+        yield server.port
 
 
 def _wait_for_ping(

@@ -25,7 +25,8 @@ from recsys.console import print_table, step
 from recsys.errors import ConfigError
 from recsys.paths import RunPaths
 from recsys.schema import ITEM_ID, ITEM_IDX, TIMESTAMP, USER_ID, USER_IDX
-from recsys.serving import invoke, served
+from recsys.serving import invoke, served, serving
+from recsys.serving_load import fuzz, load, post, request_bodies
 from recsys.settings import ServingBenchSettings
 from recsys.tables import read_arrow
 from recsys.tracking.requests import FALLBACK, HISTORY
@@ -115,8 +116,98 @@ def _measure(
         ]
 
 
+def _load_and_fuzz(
+    label: str, uri: str, tracking_uri: str, bench: ServingBenchSettings, pool: pd.DataFrame
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fuzz, then each client count of the load mode, against one served model."""
+    users = pool[USER_ID].tolist() if label == RECOMMENDER else None
+    bodies = request_bodies(pool[HISTORY].tolist(), users, bench.k)
+    known_item = str(pool[HISTORY].iloc[0][0])
+    with (
+        step(f"serve {uri}: fuzz, then {list(bench.load_clients)} clients x {bench.load_seconds:g} s"),
+        serving(uri, tracking_uri, Path.cwd(), workers=bench.workers) as server,
+    ):
+        for body in bodies[: bench.warmup_requests]:
+            post(server.port, body, bench.request_timeout_s)
+        fuzz_rows = fuzz(server, known_item, label == RECOMMENDER, bench.request_timeout_s)
+        fuzzed = [{"model": label, **row} for row in fuzz_rows]
+        loads = [
+            {
+                "model": label,
+                **load(server, bodies, clients, bench.load_seconds, bench.request_timeout_s).row(),
+            }
+            for clients in bench.load_clients
+        ]
+    return loads, fuzzed
+
+
+def run_serving_load(cfg: Mapping[str, Any], bench: ServingBenchSettings) -> dict[str, Any]:
+    configure(cfg["tracking"])
+    tracking_uri = str(cfg["tracking"]["tracking_uri"])
+    pool = user_histories(RunPaths.from_cfg(cfg).features, bench.single_requests, bench.seed)
+    loads, fuzzed = [], []
+    for label, uri in ((RETRIEVER, bench.retriever_uri), (RECOMMENDER, bench.recommender_uri)):
+        model_loads, model_fuzz = _load_and_fuzz(label, uri, tracking_uri, bench, pool)
+        loads += model_loads
+        fuzzed += model_fuzz
+    print_table(
+        "bench serving: fuzzed payloads (each must get a 4xx with a message)",
+        ["model", "payload", "status", "seconds", "4xx + message", "message"],
+        [
+            (
+                f["model"],
+                f["payload"],
+                str(f["status"]),
+                f"{f['seconds']:.2f}",
+                str(f["client_error"]),
+                f["message"],
+            )
+            for f in fuzzed
+        ],
+    )
+    print_table(
+        f"bench serving: concurrent clients, {bench.load_seconds:g} s each, {bench.workers} uvicorn workers",
+        ["model", "clients", "requests", "requests/s", "p50 ms", "p99 ms", "errors", "peak server MB"],
+        [
+            (
+                r["model"],
+                str(r["clients"]),
+                str(r["requests"]),
+                f"{r['requests_per_s']:.1f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                str(r["errors"]),
+                f"{r['peak_rss_mb']:.0f}",
+            )
+            for r in loads
+        ],
+    )
+    single = {r["model"]: r for r in loads if r["clients"] == min(bench.load_clients)}
+    timings = [
+        {
+            "engine": r["model"],
+            "step": f"{r['clients']} clients",
+            "seconds": r["seconds"],
+            "samples_per_s": r["requests_per_s"],
+            "ratio": r["requests_per_s"] / single[r["model"]]["requests_per_s"],
+        }
+        for r in loads
+    ]
+    settings = {name: getattr(bench, name) for name in bench.__dataclass_fields__}
+    return {
+        "config": settings,
+        "load": loads,
+        "fuzz": fuzzed,
+        "timings": timings,
+        "errors": sum(r["errors"] for r in loads),
+        "fuzz_not_4xx": [f"{f['model']}: {f['payload']}" for f in fuzzed if not f["client_error"]],
+    }
+
+
 def run_serving_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     bench = typed(ServingBenchSettings, cfg["bench"], "bench")
+    if bench.mode == "load":
+        return run_serving_load(cfg, bench)
     if min(bench.single_requests, bench.batch_requests, bench.batch_users) < 1:
         raise ConfigError("bench serving: single_requests, batch_requests and batch_users must be >= 1.")
     configure(cfg["tracking"])

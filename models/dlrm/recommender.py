@@ -42,6 +42,7 @@ from recsys.tracking.requests import (
     PopularItems,
     request_histories,
     request_k,
+    request_user_ids,
 )
 
 MODEL_NAME = "recommender"
@@ -108,11 +109,7 @@ class TwoStageRecommender(PythonModel):
     ) -> pd.DataFrame:
         histories = request_histories(model_input)
         k = request_k(params, self.k, self.retriever_k)
-        users = (
-            [None if pd.isna(u) else str(u) for u in model_input[USER_ID]]
-            if USER_ID in model_input.columns
-            else [None] * len(histories)
-        )
+        users = request_user_ids(model_input)
         known = [[self.item_position[h] for h in row if h in self.item_position] for row in histories]
         user_idx = [self.user_position.get(u) if u is not None else None for u in users]
         out_ids: list[list[str]] = [[] for _ in histories]

@@ -26,6 +26,29 @@ SCORES = "scores"
 FALLBACK = "fallback"
 POPULARITY_ARTIFACT = "popularity"
 REQUEST_EXAMPLE = f"{{'dataframe_records': [{{'{HISTORY}': ['50', '172']}}]}}"
+USER_ID = "user_id"
+# Request limits. A served worker holds a whole request in memory and scores every row, so a request beyond
+# them is answered 400 at once instead of exhausting the worker (the models read only the most recent
+# items of a history anyway: SASRec's max_len is 50). Real ids are short; a 256+ character one is a bug.
+MAX_ROWS = 10_000
+MAX_HISTORY_ITEMS = 1_000
+MAX_ID_CHARS = 256
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _id(value: Any, column: str) -> str:
+    if isinstance(value, (list, dict, tuple, bytes)):
+        raise bad_request(f"column {column!r}: ids must be strings or numbers, got {_short(value)}")
+    text = str(value)
+    if len(text) > MAX_ID_CHARS:
+        raise bad_request(
+            f"column {column!r}: an id of {len(text)} characters (at most {MAX_ID_CHARS}): {_short(text)}"
+        )
+    return text
 
 
 def _history(values: Any) -> list[str]:
@@ -33,21 +56,42 @@ def _history(values: Any) -> list[str]:
         return []
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         raise bad_request(
-            f"column {HISTORY!r}: each row must be a list of raw item ids, got {values!r}; "
+            f"column {HISTORY!r}: each row must be a list of raw item ids, got {_short(values)}; "
             f"e.g. {REQUEST_EXAMPLE}."
         )
-    return [str(v) for v in values]
+    items = list(values)
+    if len(items) > MAX_HISTORY_ITEMS:
+        raise bad_request(
+            f"column {HISTORY!r}: a history of {len(items)} items (at most {MAX_HISTORY_ITEMS}); send the "
+            f"most recent {MAX_HISTORY_ITEMS}, oldest first."
+        )
+    return [_id(v, HISTORY) for v in items]
 
 
 def request_histories(model_input: Any) -> list[list[str]]:
-    """The ``history`` column as lists of raw item ids (``str``), oldest first; a missing column or a row
-    that is not a list is a bad request."""
+    """The ``history`` column as lists of raw item ids (``str``), oldest first; a missing column, a row
+    that is not a list, or a request beyond the limits (rows, history length, id length, also of an
+    optional ``user_id``) is a bad request."""
     if not isinstance(model_input, pd.DataFrame) or HISTORY not in model_input.columns:
         raise bad_request(
             f"the request needs a column {HISTORY!r} (a list of raw item ids per row, oldest first); "
             f"e.g. {REQUEST_EXAMPLE}."
         )
+    if len(model_input) > MAX_ROWS:
+        raise bad_request(f"{len(model_input)} rows in one request (at most {MAX_ROWS}); split it.")
+    request_user_ids(model_input)  # checked even by models that do not read it: a bad id is a client bug
     return [_history(v) for v in model_input[HISTORY]]
+
+
+def request_user_ids(model_input: pd.DataFrame) -> list[str | None]:
+    """The optional ``user_id`` column (raw ids; ``None`` where absent or null)."""
+    if USER_ID not in model_input.columns:
+        return [None] * len(model_input)
+    return [None if _is_null(u) else _id(u, USER_ID) for u in model_input[USER_ID]]
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def request_k(params: dict[str, Any] | None, default: int, most: int | None = None) -> int:

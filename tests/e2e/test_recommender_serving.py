@@ -163,3 +163,35 @@ def test_bench_serving_times_both_served_models_in_one_run(workspace: Path) -> N
         assert row["fallback_rows"] == 0
         reference = rows[("retriever", mode)]
         assert row["p50_ratio"] == pytest.approx(row["p50_ms"] / reference["p50_ms"])
+
+
+def test_bench_serving_load_mode_answers_every_client_and_refuses_every_bad_payload(workspace: Path) -> None:
+    _recsys(
+        "bench",
+        "serving",
+        *SYNTHETIC,
+        "bench.mode=load",
+        "bench.load_clients=[1,4]",
+        "bench.load_seconds=3",
+        "bench.single_requests=20",
+        "bench.warmup_requests=1",
+        "bench.k=5",
+        "bench.out_dir=bench_load",
+        cwd=workspace,
+    )
+    [saved] = (workspace / "bench_load").glob("serving-*.json")
+    results = json.loads(saved.read_text())
+    loads = {(r["model"], r["clients"]): r for r in results["load"]}
+    assert set(loads) == {(m, c) for m in ("retriever", "recommender") for c in (1, 4)}
+    for row in loads.values():
+        assert row["errors"] == 0, row["first_error"]
+        assert row["requests"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["peak_rss_mb"] > 0
+    fuzzed = results["fuzz"]
+    assert {f["model"] for f in fuzzed} == {"retriever", "recommender"}
+    # 15 payloads each; the recommender (which reads user ids) also gets two bad user ids
+    assert sum(f["model"] == "retriever" for f in fuzzed) == 15
+    assert sum(f["model"] == "recommender" for f in fuzzed) == 17
+    for row in fuzzed:
+        assert 400 <= row["status"] < 500 and row["message"], row
+    assert results["fuzz_not_4xx"] == [] and results["errors"] == 0

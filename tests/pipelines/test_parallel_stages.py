@@ -154,7 +154,8 @@ def test_same_stage_twice_waits_and_parallel_promotions_leave_one_champion(
     tmp_path: Path, reference_run: Reference, store: Store
 ) -> None:
     root = _fresh_root(tmp_path, reference_run, (DATE, OTHER_DATE))
-    sasrec = TRAINED["sasrec"]
+    # Its own registered-model prefix: the tracking server is shared with the test above.
+    sasrec = [*TRAINED["sasrec"], "prefix=promotions"]
     # The same output twice at once: the second waits for the first (locks.wait_s), neither fails.
     started = {f"sasrec-{n}": _start(root, store, f"sasrec-{n}", "train", *sasrec) for n in (1, 2)}
     # The same model on another snapshot at the same time: three promotions of one registered model.
@@ -165,7 +166,7 @@ def test_same_stage_twice_waits_and_parallel_promotions_leave_one_champion(
         assert not list((root / date / "train").glob(".sasrec.*"))  # no staging or replaced folder left
 
     client = store.client(root)
-    name = "recsys-sequential"
+    name = "promotions-sequential"
     versions = client.search_model_versions(f"name = '{name}'")
     assert len(versions) == 3
     metric = {v.version: client.get_run(str(v.run_id)).data.metrics[PROMOTION_METRIC] for v in versions}
