@@ -92,12 +92,15 @@ def configure(tracking: Mapping[str, Any]) -> str:
     uri = str(tracking["tracking_uri"])
     from recsys.tracking import registry
 
-    registry.set_lock_dir(Path(str(tracking["lock_dir"])))
-    if not uri.startswith("sqlite:///"):
+    sqlite = uri.startswith("sqlite:///")
+    database = Path(uri.removeprefix("sqlite:///").partition("?")[0]) if sqlite else None
+    # tracking.lock_dir (conf/tracking); a config built without it locks promotions beside a SQLite store.
+    lock_dir = tracking.get("lock_dir") or (None if database is None else database.parent)
+    registry.set_lock_dir(None if lock_dir is None else Path(str(lock_dir)))
+    if database is None:
         mlflow.set_tracking_uri(uri)
         return _activate_experiment(tracking)
 
-    database = Path(uri.removeprefix("sqlite:///").partition("?")[0])
     database.parent.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(
         database.with_name(f"{database.name}.lock"),
