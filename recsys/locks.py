@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -153,7 +153,7 @@ def publishing(folder: Path) -> Any:
     """Exclusive right to replace ``folder``: waits for its readers (no-op outside a run folder)."""
     found = unit_of(folder)
     if found is None:
-        return _nothing()
+        return nullcontext()
     run_folder, unit = found
     return _flock(
         lock_file(run_folder, unit, PUBLISH_SUFFIX),
@@ -167,11 +167,6 @@ def publishing(folder: Path) -> Any:
 def exclusive(path: Path, what: str, remedy: str, wait_s: float | None = None) -> Any:
     """Exclusive ``flock`` on any file (e.g. beside a SQLite store while it is created)."""
     return _flock(path, fcntl.LOCK_EX, _settings.wait_s if wait_s is None else wait_s, what, remedy)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _unit(folder: Path) -> tuple[Path, str]:

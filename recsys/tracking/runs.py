@@ -81,6 +81,13 @@ def current_scope() -> StageScope | None:
     return _SCOPE.get()
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (query string dropped); ``None`` for any other."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
 def configure(tracking: Mapping[str, Any]) -> str:
     """Point MLflow at the configured store, create the experiment if needed and make it the active one
     (a bare ``mlflow.start_run()`` would otherwise use experiment 0, whose artifacts land in ./mlruns);
@@ -92,8 +99,7 @@ def configure(tracking: Mapping[str, Any]) -> str:
     uri = str(tracking["tracking_uri"])
     from recsys.tracking import registry
 
-    sqlite = uri.startswith("sqlite:///")
-    database = Path(uri.removeprefix("sqlite:///").partition("?")[0]) if sqlite else None
+    database = sqlite_database(uri)
     # tracking.lock_dir (conf/tracking); a config built without it locks promotions beside a SQLite store.
     lock_dir = tracking.get("lock_dir") or (None if database is None else database.parent)
     registry.set_lock_dir(None if lock_dir is None else Path(str(lock_dir)))
@@ -329,7 +335,8 @@ def close_orphans(
     can own such a run, so every one found is an orphan.
     """
     uri = str(cfg["tracking"]["tracking_uri"])
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").partition("?")[0]).is_file():
+    database = sqlite_database(uri)
+    if database is not None and not database.is_file():
         return []
     from recsys.paths import RunPaths
 

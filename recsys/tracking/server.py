@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.errors import ConfigError
+from recsys.serving import free_port
 
 DATABASE = "mlflow"
 ROLE = "recsys"
@@ -57,12 +57,6 @@ def missing_postgres() -> str | None:
     except ModuleNotFoundError:
         return "psycopg2 is not installed (pip install 'recsys-pipelines[server]')"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
