@@ -4,7 +4,8 @@ Each verb composes the config, runs stages through the stage registry (``pipelin
 pipeline runner does, and prints a summary. ``--cfg job`` prints the composed config instead of running.
 
 Every failure the user can fix (bad input, bad config, missing upstream output) is a
-:class:`~recsys.errors.RecsysError` and becomes one paragraph on stderr with exit code 2. Anything else is a
+:class:`~recsys.errors.RecsysError` and becomes one paragraph on stderr with exit code 2; so does a failure
+the machine caused (disk full, read-only folder, busy store: :mod:`recsys.conditions`). Anything else is a
 bug: exit code 1, with the traceback when ``RECSYS_DEBUG=1``.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
+from recsys.conditions import known_condition
 from recsys.config import add_config_dirs, compose, conf_dir, to_plain
 from recsys.console import console, print_table
 from recsys.errors import RecsysError
@@ -290,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _crashed(args.command, exc)
         return _failed(args.command, missing)
     except Exception as exc:
+        condition = known_condition(exc)
+        if condition is not None:
+            return _failed(args.command, condition)
         return _crashed(args.command, exc)
     return 0
 
