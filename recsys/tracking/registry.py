@@ -61,13 +61,19 @@ def decide_promotion(
     champion: Mapping[str, float] | None,
     champion_eval_set: str | None,
     min_improvement: float = 0.0,
+    champion_failed: bool = False,
 ) -> Decision:
-    """Promote when there is no champion, or the challenger beats it by more than ``min_improvement`` on
-    ``metric`` measured on the same evaluation set (higher is better)."""
+    """Promote when there is no champion, or the champion's run failed, or the challenger beats it by more
+    than ``min_improvement`` on ``metric`` measured on the same evaluation set (higher is better).
+
+    ``champion_failed``: the champion's run is ``FAILED``: its process was killed after registering and
+    before its stage finished (a rerun closed the orphan), so a finished run's model replaces it."""
     if metric not in challenger:
         return Decision(False, f"challenger has no metric {metric!r}")
     if champion is None:
         return Decision(True, "no champion yet")
+    if champion_failed:
+        return Decision(True, "the champion's run failed before its stage finished")
     if champion_eval_set != challenger_eval_set:
         return Decision(
             False,
@@ -89,7 +95,14 @@ class Registration:
     decision: Decision
 
 
-def _champion(client: MlflowClient, name: str) -> tuple[dict[str, float], str | None] | None:
+@dataclass(frozen=True)
+class _Champion:
+    metrics: dict[str, float]
+    eval_set: str | None
+    failed: bool
+
+
+def _champion(client: MlflowClient, name: str) -> _Champion | None:
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -97,7 +110,7 @@ def _champion(client: MlflowClient, name: str) -> tuple[dict[str, float], str | 
     if version.run_id is None:
         return None
     run = client.get_run(version.run_id)
-    return dict(run.data.metrics), run.data.tags.get(EVAL_SET_TAG)
+    return _Champion(dict(run.data.metrics), run.data.tags.get(EVAL_SET_TAG), run.info.status == "FAILED")
 
 
 def register_and_gate(
@@ -132,8 +145,9 @@ def _register(
         metric,
         run_metrics,
         eval_set,
-        None if current is None else current[0],
-        None if current is None else current[1],
+        None if current is None else current.metrics,
+        None if current is None else current.eval_set,
+        champion_failed=current is not None and current.failed,
     )
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -31,3 +31,10 @@ def test_different_evaluation_sets_are_never_compared() -> None:
 
 def test_missing_metric_blocks_promotion() -> None:
     assert not decide_promotion(METRIC, {"test/recall_at_10": 0.5}, "set-a", None, None).promote
+
+
+def test_a_champion_whose_run_failed_gives_way_to_a_finished_run() -> None:
+    # Killed after registering, before its stage finished: even an equal challenger replaces it.
+    decision = decide_promotion(METRIC, {METRIC: 0.2}, "set-a", {METRIC: 0.2}, "set-a", champion_failed=True)
+    assert decision.promote and "failed" in decision.reason
+    assert not decide_promotion(METRIC, {}, "set-a", {METRIC: 0.2}, "set-a", champion_failed=True).promote
