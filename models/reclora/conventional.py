@@ -5,7 +5,7 @@ default), shared by every model of the snapshot. RecLoRA's conventional model sh
 the Long-Short retriever (60+), so :func:`write_long_history_ctr` writes a copy of the ``ctr`` output whose
 ``recent_item_idx`` holds the ``model.conventional.long_history`` most recent strictly earlier items (same
 schema and manifest counts, so ``models.dlrm`` reads it unchanged). Both the copy and the trained DLRM are
-cached under ``<root>/<run.date>/train/reclora/`` by a hash of their inputs, so an ablation over several
+cached under ``<root>/<run.date>/_work/train/reclora/`` by a hash of their inputs, so an ablation over several
 arms and a rerun train the DLRM once per seed.
 
 User vector for the mixer (the paper feeds the CRM's user representation; DLRM has no single user tower,

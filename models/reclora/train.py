@@ -15,13 +15,15 @@ drawn with the root ``seed`` so all seeds share it); AUC / GAUC / LogLoss come f
 ``recsys.evaluation.evaluate_ctr``. MLflow: one parent run (``train-reclora``) with the summary and one
 nested run per (seed, arm, retriever) with
 ``{split}/{metric}``. The personalized + retriever model of the first seed is logged as a pyfunc in its
-nested run and registered as ``<prefix>-reclora`` behind the test-AUC promotion gate. ``train/reclora``
-holds the adapters, the long-history CTR table and the cached conventional model, and its manifest (written
-last) records the run and the summary.
+nested run and registered as ``<prefix>-reclora`` behind the test-AUC promotion gate. The long-history
+CTR table, the cached conventional model and the adapters are written under the stage's scratch folder
+(``_work/train/reclora``); ``train/reclora`` (the adapters and a manifest recording the run and the summary)
+is published in one rename at the end, so a killed or failed ablation never leaves a half-written one.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -49,7 +51,7 @@ from models.reclora.samples import PromptBuilder, SampleSet, lm_data
 from recsys.config import typed
 from recsys.console import console, print_table
 from recsys.evaluation import evaluate_ctr
-from recsys.manifest import Manifest, read_manifest, write_manifest
+from recsys.manifest import Manifest, publish_atomically, read_manifest, write_manifest
 from recsys.paths import TRAIN, RunPaths
 from recsys.schema import CATEGORIES, ITEM_ID, ITEM_IDX, RATING, TIMESTAMP, TITLE, USER_ID, USER_IDX
 from recsys.stage import ModelFamily, StageResult
@@ -59,6 +61,7 @@ from recsys.tracking.runs import log_metric_table, log_metrics, nested_run, resu
 
 PROMOTION_METRIC = "test/auc"
 CONVENTIONAL = "conventional"
+ADAPTERS = "adapters"
 PERSONALIZED = "personalized"
 SPLIT_NAMES = {"val": "valid", "test": "test"}
 # Requests stored as the pyfunc's input example.
@@ -125,7 +128,8 @@ def run_train(cfg: Mapping[str, Any]) -> RecLoRAResult:
     started, cpu_started = time.perf_counter(), time.process_time()
     paths = RunPaths.from_cfg(cfg)
     features = paths.features
-    work = paths.train(rcfg.name)
+    work = paths.work(TRAIN, rcfg.name)
+    shutil.rmtree(work / ADAPTERS, ignore_errors=True)  # an earlier (killed) ablation's arms
     trainer_cfg = cfg["trainer"]
     train_limit = _limit(trainer_cfg.get("limit_train_batches"))
     eval_limit = _limit(trainer_cfg.get("limit_test_batches"))
@@ -224,8 +228,26 @@ def run_train(cfg: Mapping[str, Any]) -> RecLoRAResult:
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         log_metrics({"wall_seconds": wall, "cpu_seconds": cpu})
     _print_summary(rcfg, summary, registration, wall, cpu)
-    _write_manifest(work, rcfg, manifest, parent.info.run_id, summary, adapters)
-    return RecLoRAResult(parent.info.run_id, results, summary, registration, adapters)
+    published = _publish(paths.train(rcfg.name), work, rcfg, manifest, parent.info.run_id, summary, adapters)
+    return RecLoRAResult(parent.info.run_id, results, summary, registration, published)
+
+
+def _publish(
+    out: Path,
+    work: Path,
+    rcfg: RecLoRAConfig,
+    ctr: Manifest,
+    run_id: str,
+    summary: dict[str, dict[str, float]],
+    adapters: dict[str, Path],
+) -> dict[str, Path]:
+    """``train/reclora``: the adapters copied from the scratch folder, then the manifest."""
+    relative = {arm: path.relative_to(work) for arm, path in adapters.items()}
+    with publish_atomically(out) as staging:
+        for folder in relative.values():
+            shutil.copytree(work / folder, staging / folder)
+        _write_manifest(staging, rcfg, ctr, run_id, summary, relative)
+    return {arm: out / folder for arm, folder in relative.items()}
 
 
 def _write_manifest(
@@ -236,12 +258,12 @@ def _write_manifest(
     summary: dict[str, dict[str, float]],
     adapters: dict[str, Path],
 ) -> None:
-    """Last, so that a ``train/reclora`` with a manifest holds a finished ablation."""
+    """``adapters``: each arm's folder relative to ``work``."""
     extra = {
         "model": rcfg.name,
         "family": "reclora",
         "run_id": run_id,
-        "adapters": {arm: str(path.relative_to(work)) for arm, path in adapters.items()},
+        "adapters": {arm: str(path) for arm, path in adapters.items()},
         "summary": summary,
     }
     write_manifest(
@@ -351,7 +373,7 @@ def _save_and_register(
 
 def _save_adapters(rcfg: RecLoRAConfig, model: RecLoRAModel, work: Path, backbone_folder: Path) -> Path:
     """``<work>/adapters/{shared,personalized}/``: the bank layout, plus ``peft/`` for the shared LoRA."""
-    out = work / "adapters" / ("personalized" if model.num_meta > 1 else "shared")
+    out = work / ADAPTERS / ("personalized" if model.num_meta > 1 else "shared")
     settings = {
         "kind": rcfg.backbone.kind,
         "pooling": rcfg.backbone.pooling,
