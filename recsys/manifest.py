@@ -167,7 +167,7 @@ def publish_atomically(final: Path, replace: bool = True) -> Iterator[Path]:
     reader never sees its input swapped. ``replace=False`` is for content-addressed caches: when another
     process published the same ``final`` first, its copy is kept and this one discarded.
     """
-    from recsys import locks
+    from recsys import faults, locks
 
     final = final.resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,7 @@ def publish_atomically(final: Path, replace: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    faults.kill_before_publish(final)
     if not replace:
         try:
             os.rename(staging, final)
