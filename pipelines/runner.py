@@ -14,12 +14,10 @@ Only one run per ``<root>/<date>`` at a time: a lock file (``flock``, released b
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +40,7 @@ from pipelines.report import StageRow, print_summary, report_is_current, write_r
 from recsys import locks
 from recsys.config import compose, to_plain
 from recsys.console import console, print_result
-from recsys.errors import ConfigError, InputError, RecsysError
+from recsys.errors import ConfigError, RecsysError
 from recsys.manifest import config_hash, remove_stale_staging
 from recsys.paths import RunPaths
 from recsys.tracking.runs import close_orphans, end_pipeline_run, start_pipeline_run
@@ -131,22 +129,15 @@ def plan(spec: PipelineSpec, user_overrides: Sequence[str]) -> tuple[dict[str, A
     return base, planned
 
 
-@contextmanager
-def _run_lock(run_folder: Path) -> Iterator[None]:
+def _run_lock(run_folder: Path) -> Any:
+    """One ``recsys pipeline run`` per run folder; a second refuses at once, naming the holder."""
     folder = markers_dir(run_folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / LOCK_FILE).open("a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise InputError(
-                f"{folder / LOCK_FILE}: another `recsys pipeline run` is working on {run_folder}; "
-                "wait for it to finish (a killed run releases the lock)."
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return locks.exclusive(
+        folder / LOCK_FILE,
+        f"run folder {run_folder} (another `recsys pipeline run`)",
+        "Wait for it to finish (a killed run releases the lock), or run another date or paths.root.",
+        wait_s=0,
+    )
 
 
 def _why_rerun(

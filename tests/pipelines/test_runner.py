@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from pipelines.graph import parse_pipeline
-from pipelines.markers import read_marker
-from pipelines.runner import RAN, SKIPPED, stages_to_redo
+from pipelines.markers import markers_dir, read_marker
+from pipelines.runner import LOCK_FILE, RAN, SKIPPED, stages_to_redo
 from pipelines.stages import STAGES
+from recsys.locks import LockTimeoutError
 from recsys.manifest import read_manifest
 from recsys.tracking.runs import ROOT_PARAMS, git_commit
 from tests.pipelines.compare import candidates, metric_table
@@ -155,3 +159,31 @@ def test_force_and_from_select_the_stages_to_redo() -> None:
     assert stages_to_redo(spec, force=False, from_stage=None) == set()
     assert stages_to_redo(spec, force=True, from_stage=None) == {"ingest", "features", "ev", "ix", "other"}
     assert stages_to_redo(spec, force=False, from_stage="features") == {"features", "ev", "ix"}
+
+
+def test_a_second_pipeline_run_on_the_same_folder_refuses_at_once_naming_the_holder(
+    reference_run: Reference,
+) -> None:
+    lock = markers_dir(reference_run.root / DATE) / LOCK_FILE
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from recsys import locks\n"
+            f"with locks.exclusive(Path({str(lock)!r}), 'run folder', 'wait'):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(LockTimeoutError, match=rf"another `recsys pipeline run`.*pid {holder.pid} "):
+            run_in_process(small_overrides(reference_run.root))
+        assert time.monotonic() - started < 30  # refused, not queued behind the holder
+    finally:
+        holder.communicate("")
+    # Released: the same run goes through (every stage is up to date).
+    assert set(_statuses(run_in_process(small_overrides(reference_run.root))).values()) == {SKIPPED}
