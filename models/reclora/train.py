@@ -241,44 +241,31 @@ def _publish(
     summary: dict[str, dict[str, float]],
     adapters: dict[str, Path],
 ) -> dict[str, Path]:
-    """``train/reclora``: the adapters copied from the scratch folder, then the manifest."""
+    """``train/reclora``: the adapters copied from the scratch folder ``work``, then the manifest naming
+    each arm's folder and the summary; returns each arm's published folder."""
     relative = {arm: path.relative_to(work) for arm, path in adapters.items()}
-    with publish_atomically(out) as staging:
-        for folder in relative.values():
-            shutil.copytree(work / folder, staging / folder)
-        _write_manifest(staging, rcfg, ctr, run_id, summary, relative)
-    return {arm: out / folder for arm, folder in relative.items()}
-
-
-def _write_manifest(
-    work: Path,
-    rcfg: RecLoRAConfig,
-    ctr: Manifest,
-    run_id: str,
-    summary: dict[str, dict[str, float]],
-    adapters: dict[str, Path],
-) -> None:
-    """``adapters``: each arm's folder relative to ``work``."""
     extra = {
         "model": rcfg.name,
         "family": "reclora",
         "run_id": run_id,
-        "adapters": {arm: str(path) for arm, path in adapters.items()},
+        "adapters": {arm: str(folder) for arm, folder in relative.items()},
         "summary": summary,
     }
-    write_manifest(
-        work,
-        Manifest(
-            TRAIN,
-            0,
-            [],
-            {"num_items": int(ctr.counts["num_items"])},
-            config_hash=ctr.config_hash,
-            source_fingerprint=ctr.source_fingerprint,
-            format="model",
-            extra=extra,
-        ),
+    manifest = Manifest(
+        TRAIN,
+        0,
+        [],
+        {"num_items": int(ctr.counts["num_items"])},
+        config_hash=ctr.config_hash,
+        source_fingerprint=ctr.source_fingerprint,
+        format="model",
+        extra=extra,
     )
+    with publish_atomically(out) as staging:
+        for folder in relative.values():
+            shutil.copytree(work / folder, staging / folder)
+        write_manifest(staging, manifest)
+    return {arm: out / folder for arm, folder in relative.items()}
 
 
 def train_stage(cfg: Mapping[str, Any]) -> StageResult:
