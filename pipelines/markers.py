@@ -37,6 +37,8 @@ class Marker:
         mlflow_run_id: the MLflow run the stage logged to, when it has one.
         metrics: the stage's key numbers (shown in the summary and the report).
         config: the composed config the hash was taken of, so a rerun can say which keys changed.
+        resources: what the stage cost (``recsys.resources.ResourceUsage``: CPU seconds of every process,
+            peak RSS of the driver and its workers); not part of the digest.
     """
 
     stage: str
@@ -50,6 +52,7 @@ class Marker:
     mlflow_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
     version: int = MARKER_VERSION
 
     def digest(self) -> str:

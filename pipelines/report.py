@@ -47,6 +47,8 @@ class StageRow:
     mlflow_run_id: str | None = None
     outputs: tuple[str, ...] = ()
     model: str | None = None
+    # What the stage cost when it ran now (recsys.resources.ResourceUsage.as_dict()); empty when skipped.
+    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -62,11 +64,29 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4f}"
 
 
+def _cost_cells(row: StageRow) -> tuple[str, str]:
+    """CPU seconds (every process of the stage) and peak RSS in MiB, blank for a stage that did not run."""
+    if not row.resources:
+        return "", ""
+    return f"{row.resources['cpu_s']:.0f}", f"{row.resources['peak_rss_mb']:,.0f}"
+
+
 def print_summary(pipeline: str, date: str, results: Sequence[StageRow], total_seconds: float) -> None:
-    rows = [(r.name, r.kind, r.status, f"{r.seconds:.1f}", r.key_metric(), r.reason) for r in results]
+    rows = [
+        (
+            r.name,
+            r.kind,
+            r.status,
+            f"{r.seconds:.1f}",
+            *_cost_cells(r),
+            r.key_metric(),
+            r.reason,
+        )
+        for r in results
+    ]
     print_table(
         f"pipeline {pipeline} @ {date}: {total_seconds:.1f}s",
-        ["stage", "kind", "status", "seconds", "key metric", "why"],
+        ["stage", "kind", "status", "seconds", "CPU s", "peak MiB", "key metric", "why"],
         rows,
     )
 
@@ -313,12 +333,17 @@ def write_report(
     title = f"Pipeline {pipeline} @ {date}"
     header, model_rows = _model_rows(results, settings)
     stage_rows = [
-        [r.name, r.kind, r.status, f"{r.seconds:.1f}", r.key_metric(), r.mlflow_run_id or ""] for r in results
+        [r.name, r.kind, r.status, f"{r.seconds:.1f}", *_cost_cells(r), r.key_metric(), r.mlflow_run_id or ""]
+        for r in results
     ]
     written_at = datetime.now(UTC).isoformat(timespec="seconds")
     sections = [
         _provenance(cfg, pipeline, date, digest, pipeline_run_id, written_at),
-        Section("Stages", ["stage", "kind", "status", "seconds", "key metric", "MLflow run"], stage_rows),
+        Section(
+            "Stages",
+            ["stage", "kind", "status", "seconds", "CPU s", "peak MiB", "key metric", "MLflow run"],
+            stage_rows,
+        ),
         Section(f"Ranking models ({settings.split}, full ranking)", header, model_rows),
         Section("Two-stage: retrieval vs re-ranked (test, full catalog)", *_two_stage_rows(results)),
         *_stage_pivots(results),

@@ -43,6 +43,7 @@ from recsys.console import console, print_result
 from recsys.errors import ConfigError, RecsysError
 from recsys.manifest import config_hash, remove_stale_staging
 from recsys.paths import RunPaths
+from recsys.resources import ResourceMonitor
 from recsys.tracking.runs import close_orphans, end_pipeline_run, start_pipeline_run
 
 LOCK_FILE = ".lock"
@@ -182,12 +183,12 @@ def _run_stage(
         {"stage": spec.name, "pid": os.getpid(), "started_at": started_at},
     )
     console.rule(f"[bold]stage {spec.name}[/bold] ({spec.kind})")
-    start = time.perf_counter()
     # A copy: a stage that fills in a default must not change the config the marker records.
     cfg = copy.deepcopy(stage.cfg)
-    with registry.scope(spec.kind, spec.name, pipeline_run_id):
+    with ResourceMonitor() as monitor, registry.scope(spec.kind, spec.name, pipeline_run_id):
         outcome = registry.run_stage(spec.kind, cfg)
-    seconds = time.perf_counter() - start
+    assert monitor.usage is not None
+    seconds = monitor.usage.wall_s
     outputs = fingerprint_outputs(run_folder, stage.outputs)
     missing = [k for k, v in outputs.items() if v is None]
     if missing:
@@ -207,6 +208,7 @@ def _run_stage(
         mlflow_run_id=outcome.mlflow_run_id,
         metrics=outcome.metrics,
         config=stage.hashed,
+        resources=monitor.usage.as_dict(),
     )
     write_marker(run_folder, marker)
     return marker
@@ -316,6 +318,7 @@ def _result(stage: PlannedStage, status: str, seconds: float, reason: str, marke
         marker.mlflow_run_id,
         stage.outputs,
         str(stage.cfg["model"]["name"]) if stage.spec.kind in registry.MODEL_KINDS else None,
+        dict(marker.resources) if status == RAN else {},
     )
 
 

@@ -45,6 +45,21 @@ def test_reference_run_ran_every_stage_and_wrote_the_report(reference_run: Refer
     assert '<img src="data:image/png;base64,' in page and 'alt="popularity_vs_coverage"' in page
 
 
+def test_every_stage_that_ran_records_what_it_cost_in_its_marker(reference_run: Reference) -> None:
+    folder = reference_run.run.run_folder
+    for name in ALL:
+        marker = read_marker(folder, name)
+        assert marker is not None
+        usage = marker.resources
+        assert usage["wall_s"] == marker.seconds and usage["cpu_s"] > 0
+        assert usage["peak_driver_rss_mb"] > 100 and usage["peak_rss_mb"] >= usage["peak_driver_rss_mb"]
+    # Spark's JVM is a worker process of the Spark stages: its memory is counted, not only Python's.
+    features = read_marker(folder, "features")
+    assert features is not None and features.resources["peak_workers_rss_mb"] > 100
+    stages_table = (folder / "report" / "report.md").read_text().split("| stage | kind |")[1]
+    assert "CPU s" in stages_table.splitlines()[0] and "peak MiB" in stages_table.splitlines()[0]
+
+
 def _client(reference_run: Reference) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{reference_run.root.resolve()}/mlflow.db")
 
