@@ -7,13 +7,18 @@ its own processes, and a plain loop can call ``dist.init_process_group`` directl
 
 from __future__ import annotations
 
+import os
+import pickle
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from recsys.errors import RecsysError
 
 MONITOR_INTERVAL_S = 1
 """How often the agent polls its workers; the default (5 s) adds seconds to every short launch."""
@@ -26,7 +31,10 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any) -> dict[in
         ``{rank: fn's return value on that rank}`` (values must be picklable).
 
     Raises:
-        torch.distributed.elastic.multiprocessing.errors.ChildFailedError: when any rank fails; no restarts.
+        RecsysError: the first (lowest-rank) user-facing error a rank raised (bad input, bad config), as is,
+            so the command prints its one line instead of a wall of per-rank tracebacks.
+        torch.distributed.elastic.multiprocessing.errors.ChildFailedError: when any rank fails otherwise; no
+            restarts.
     """
     with tempfile.TemporaryDirectory(prefix="recsys-launch-") as folder:
         config = LaunchConfig(
@@ -41,5 +49,23 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any) -> dict[in
             monitor_interval=MONITOR_INTERVAL_S,
             max_restarts=0,
         )
-        results: dict[int, Any] = elastic_launch(config, entrypoint=fn)(*args)
+        errors = Path(folder) / "errors"
+        errors.mkdir()
+        try:
+            results: dict[int, Any] = elastic_launch(config, entrypoint=_keep_user_errors)(errors, fn, *args)
+        except ChildFailedError:
+            raised = sorted(errors.glob("*.pickle"), key=lambda p: int(p.stem))
+            if raised:
+                raise pickle.loads(raised[0].read_bytes()) from None
+            raise
     return results
+
+
+def _keep_user_errors(errors: Path, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one rank's ``fn``; a :class:`RecsysError` is also written down for the launcher to re-raise."""
+    try:
+        return fn(*args)
+    except RecsysError as exc:
+        # The launcher sets RANK in every process it starts.
+        (errors / f"{os.environ['RANK']}.pickle").write_bytes(pickle.dumps(exc))
+        raise

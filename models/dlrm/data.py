@@ -30,7 +30,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
-from recsys.errors import ManifestError
+from recsys.errors import InputError, ManifestError
 from recsys.manifest import MANIFEST_FILE, Manifest, read_manifest
 from recsys.schema import LABEL, OOV_INDEX, RATING, SPLIT, USER_IDX
 from recsys.tables import parquet_files
@@ -471,7 +471,7 @@ class CTRDataModule(LightningDataModule):
         rank, world_size = self.rank, self.world_size
         if self.trainer is not None:
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        return CTRIterableDataset(
+        dataset = CTRIterableDataset(
             self.folder,
             split,
             self.config,
@@ -481,6 +481,16 @@ class CTRDataModule(LightningDataModule):
             world_size=world_size,
             shuffle_buffer_rows=self.shuffle_buffer_rows,
         )
+        if len(dataset) == 0:
+            # Every process must see at least one batch (they stay in step for the sharded lookups); a split
+            # this small would train or score nothing, silently.
+            raise InputError(
+                f"{self.folder}: the {split!r} split has {dataset.num_rows:,} rows, "
+                f"{dataset.num_global_batches} batch(es) of model.batch_size={dataset.batch_size}, "
+                f"fewer than the {world_size} training process(es) (trainer.devices): lower model.batch_size "
+                f"(at most {max(dataset.num_rows // world_size, 1)}) or train on fewer devices."
+            )
+        return dataset
 
     def _loader(self, dataset: CTRIterableDataset) -> DataLoader[CTRBatch]:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers)

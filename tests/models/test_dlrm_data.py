@@ -22,7 +22,7 @@ from models.dlrm.batch import CTRBatch
 from models.dlrm.config import DLRMConfig
 from models.dlrm.data import CTRBatchBuilder, CTRDataModule, CTRIterableDataset
 from recsys.config import compose, to_plain, typed
-from recsys.errors import ManifestError
+from recsys.errors import InputError, ManifestError
 from recsys.schema import OOV_INDEX
 from recsys.tables import read_arrow
 from tests.conftest import spark_overrides
@@ -232,8 +232,21 @@ def test_datamodule_reads_counts_and_the_trainer_shard(synthetic: Path) -> None:
     assert len(loader) == rows // BATCH // 2
     module.set_epoch(4)
     assert dataset.epoch == 4
+    # The small valid split is one batch: too few for two processes (see the next test).
+    module.trainer = SimpleNamespace(global_rank=0, world_size=1, current_epoch=4)  # type: ignore[assignment]
     valid = module.val_dataloader().dataset
     assert isinstance(valid, CTRIterableDataset) and valid.split == "valid" and not valid.shuffle
+
+
+def test_a_split_smaller_than_one_batch_per_process_is_refused_with_the_fix(synthetic: Path) -> None:
+    rows = _split(synthetic, "test").num_rows
+    module = CTRDataModule(synthetic, _synthetic_model(batch_size=rows), seed=SEED)
+    module.trainer = SimpleNamespace(global_rank=0, world_size=2, current_epoch=0)  # type: ignore[assignment]
+    # One batch of the whole split cannot be shared by two processes: nothing would be scored.
+    with pytest.raises(InputError, match=rf"'test' split has {rows:,} rows, 1 batch.*model.batch_size"):
+        module.test_dataloader()
+    module.trainer = SimpleNamespace(global_rank=0, world_size=1, current_epoch=0)  # type: ignore[assignment]
+    assert len(module.test_dataloader()) == 1
 
 
 def test_missing_column_is_named(synthetic: Path) -> None:

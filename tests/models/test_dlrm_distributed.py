@@ -19,6 +19,7 @@ from models.common.launch import launch_local
 from models.dlrm.config import FactorizationHeadConfig
 from models.dlrm.module import DLRMLitModule
 from models.dlrm.sharding import table_ranks
+from recsys.errors import InputError
 from tests.models.test_dlrm_network import COUNTS, loader, make_batches, make_config, make_trainer
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,18 @@ def _flatten_optimizer(state: dict[str, Any]) -> dict[str, Any]:
     return {
         f"{param}/{name}": value for param, entry in state["state"].items() for name, value in entry.items()
     }
+
+
+def _fails_on_rank_one() -> int:
+    if os.environ["RANK"] == "1":
+        raise InputError("features/ctr: rank 1 found no rows")
+    return 0
+
+
+def test_a_user_error_on_one_rank_reaches_the_launcher_as_itself() -> None:
+    # One line for the user (the CLI prints RecsysErrors as such), not a ChildFailedError wall.
+    with pytest.raises(InputError, match="rank 1 found no rows"):
+        launch_local(_fails_on_rank_one, WORLD_SIZE)
 
 
 def test_two_process_sharded_training_resumes_exactly_from_dcp(tmp_path: Path) -> None:
