@@ -8,6 +8,7 @@ family's code and are registered by the layer above.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -68,6 +69,16 @@ class PathsConfig:
     """``paths`` in ``conf/config.yaml``: every run writes under ``<root>/<run.date>/<stage>/<output>/``."""
 
     root: str
+
+    def __post_init__(self) -> None:
+        # Path("s3a://bucket/runs") is a relative local folder named "s3a:": refuse instead of writing there.
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", self.root)
+        if scheme is not None:
+            raise ConfigError(
+                f"config key paths.root={self.root!r}: {scheme.group(1)}:// storage is not supported yet; "
+                f"stages publish by renaming folders and need a POSIX filesystem. Use a local or shared "
+                f"mount (NFS, Lustre, a CSI volume), e.g. paths.root=/mnt/shared/recsys/runs."
+            )
 
 
 @dataclass(frozen=True)
@@ -541,6 +552,55 @@ class FeaturesBenchSettings:
     num_users: int
     num_items: int
     out_dir: str
+
+
+@dataclass(frozen=True)
+class ScalingSize:
+    """One size of ``recsys bench scaling``: synthetic events, users and items."""
+
+    events: int
+    users: int
+    items: int
+
+    def __post_init__(self) -> None:
+        if min(self.events, self.users, self.items) < 1 or self.events < self.users:
+            raise ConfigError(
+                f"bench.sizes entry {self}: events, users and items must be positive and events >= users."
+            )
+
+    @property
+    def label(self) -> str:
+        """``1M``, ``300k``: the size's name in tables, folders and the plot."""
+        for unit, scale in (("M", 1_000_000), ("k", 1_000)):
+            if self.events >= scale:
+                return f"{self.events / scale:g}{unit}"
+        return str(self.events)
+
+
+@dataclass(frozen=True)
+class ScalingBenchSettings:
+    """``conf/bench/scaling.yaml`` (``recsys bench scaling``: the pipeline's stages against data size)."""
+
+    name: str
+    sizes: tuple[ScalingSize, ...]
+    pipeline: str
+    overrides: tuple[str, ...]
+    memory_limit_gb: float
+    time_limit_s: float
+    sample_interval_s: float
+    work_dir: str | None
+    out_dir: str
+
+    def __post_init__(self) -> None:
+        if not self.sizes:
+            raise ConfigError("bench.sizes is empty: give at least one {events, users, items}.")
+        events = [s.events for s in self.sizes]
+        if events != sorted(set(events)):
+            raise ConfigError(f"bench.sizes must grow strictly in events, smallest first; got {events}.")
+        if self.memory_limit_gb <= 0 or self.time_limit_s <= 0 or self.sample_interval_s <= 0:
+            raise ConfigError(
+                "bench.memory_limit_gb, bench.time_limit_s and bench.sample_interval_s must be > 0."
+            )
 
 
 @dataclass(frozen=True)

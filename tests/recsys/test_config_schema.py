@@ -126,3 +126,12 @@ def test_root_sections_are_typed(key: str, value: str) -> None:
     group = key.split(".")[0]
     with pytest.raises(ConfigError, match=re.escape(f"{group}.misspelled")):
         compose([f"+{group}.misspelled=1"])
+
+
+@pytest.mark.parametrize("root", ["s3a://bucket/runs", "hdfs://namenode:8020/recsys", "gs://b/r"])
+def test_object_store_roots_are_refused_rather_than_written_to_a_local_folder(root: str) -> None:
+    # Path("s3a://bucket/runs") would be a local folder "s3a:/bucket/runs": the error names the way out.
+    with pytest.raises(ConfigError, match=r"paths\.root=.*not supported yet.*shared mount"):
+        compose([f"paths.root={root}"])
+    local = "/mnt/shared/recsys:runs"
+    assert to_plain(compose([f"paths.root={local}"]))["paths"]["root"] == local
