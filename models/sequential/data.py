@@ -95,7 +95,7 @@ def load_sequences(features: Path, max_len: int) -> SequenceData:
 
     Raises:
         ManifestError: the output is missing or lacks a column / has another type.
-        InputError: it holds no train row.
+        InputError: it holds no train row of two or more items.
     """
     folder = features / SEQUENCES_OUTPUT
     manifest = read_manifest(folder)
@@ -104,9 +104,14 @@ def load_sequences(features: Path, max_len: int) -> SequenceData:
     table = read_arrow(folder, columns=list(EXPECTED_COLUMNS))
     split = table.column(SPLIT)
     train_rows = table.filter(pc.equal(split, "train"))
-    if train_rows.num_rows == 0:
-        raise InputError(f"{folder}: no rows with {SPLIT}='train'; nothing to train a sequence model on.")
-    train = left_pad(train_rows.column(HISTORY), max_len + 1)
+    # A one-item sequence has no (previous items -> next item) pair to learn from; a batch of only such rows
+    # (length bucketing groups them) would have no input column at all.
+    learnable = pc.greater_equal(pc.list_value_length(train_rows.column(HISTORY)), 2)
+    if not pc.any(learnable).as_py():
+        raise InputError(
+            f"{folder}: no {SPLIT}='train' row with two or more items; nothing to train a sequence model on."
+        )
+    train = left_pad(train_rows.filter(learnable).column(HISTORY), max_len + 1)
     events = table.filter(pc.not_equal(split, "train")).sort_by(
         # events of one timestamp: the one with the longer history is the later one in the features order
         [(USER_IDX, "ascending"), (TARGET_TIMESTAMP, "ascending"), (LENGTH, "ascending")]
