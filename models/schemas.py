@@ -13,7 +13,12 @@ from models.dlrm.config import DLRMBenchConfig, DLRMConfig
 from models.reclora.config import RecLoRABenchSettings, RecLoRAConfig
 from models.sequential.config import SequentialBenchSettings, SequentialConfig
 from recsys.config import register_schema
-from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings, ServingBenchSettings
+from recsys.settings import (
+    FeaturesBenchSettings,
+    RetrievalBenchSettings,
+    ScalingBenchSettings,
+    ServingBenchSettings,
+)
 
 MODEL_SCHEMAS: dict[str, type[Any]] = {
     "dlrm": DLRMConfig,
@@ -29,6 +34,7 @@ BENCH_SCHEMAS: dict[str, type[Any]] = {
     "sequential": SequentialBenchSettings,
     "reclora": RecLoRABenchSettings,
     "serving": ServingBenchSettings,
+    "scaling": ScalingBenchSettings,
 }
 """``bench.name`` (``conf/bench/<name>.yaml``) -> schema of the bench option."""
 

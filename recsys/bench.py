@@ -67,6 +67,8 @@ def report_bench(name: str, reference: str, results: Mapping[str, Any], out_dir:
             f"{k}={'identical' if v else 'DIFFERENT'}" for k, v in results["outputs_identical"].items()
         )
         console.print(f"outputs of both engines: {same}")
+    for table in results.get("tables", []):
+        print_table(table["title"], table["header"], table["rows"])
     path = save_results(out_dir, name, results)
     print_result(f"results: {path}")
     return path

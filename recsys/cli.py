@@ -98,6 +98,12 @@ def _bench_reclora(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return run_reclora_bench(cfg)
 
 
+def _bench_scaling(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    from pipelines.scaling import run_scaling_bench
+
+    return run_scaling_bench(cfg)
+
+
 def _bench_serving(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from recsys.serving_bench import run_serving_bench
 
@@ -111,6 +117,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "sequential": Benchmark(_bench_sequential, "plain PyTorch loop"),
     "reclora": Benchmark(_bench_reclora, "shared LoRA"),
     "serving": Benchmark(_bench_serving, "served retriever (users/s)"),
+    "scaling": Benchmark(_bench_scaling, "the smallest size"),
 }
 
 
