@@ -47,8 +47,12 @@ def build_sequences(events: DataFrame, max_length: int) -> DataFrame:
         F.lit(None).cast("long").alias(TARGET_TIMESTAMP),
     )
 
-    exploded = per_user.select(USER_IDX, "events", F.posexplode("events").alias("pos", "target"))
-    targets = exploded.where(F.col("target.s") != "train")
+    # Only the few non-train events become rows (two per user under leave-one-out): exploding every event
+    # first and filtering after would materialise all of them.
+    last = F.size("events") - 1
+    held_out = F.filter(F.sequence(F.lit(0), last), lambda p: F.col("events")[p]["s"] != "train")
+    positions = per_user.select(USER_IDX, "events", F.explode(held_out).alias("pos"))
+    targets = positions.withColumn("target", F.col("events")[F.col("pos")])
     start = F.greatest(F.lit(0), F.col("pos") - max_length)
     before = F.slice(F.col("events"), start + 1, F.col("pos") - start)
     evaluation = targets.select(

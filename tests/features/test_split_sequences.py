@@ -43,7 +43,15 @@ def test_temporal_split_uses_global_time_cut(spark: SparkSession) -> None:
 def test_sequences_truncate_from_the_left_and_histories_precede_targets(spark: SparkSession) -> None:
     events = spark.createDataFrame(
         [(1, 10 + t, f"i{t}", t, "train") for t in range(1, 6)]
-        + [(1, 90, "v", 6, "valid"), (1, 91, "w", 7, "test"), (2, 5, "q", 1, "train")],
+        + [(1, 90, "v", 6, "valid"), (1, 91, "w", 7, "test"), (2, 5, "q", 1, "train")]
+        # Held-out events in the middle and first (temporal and random splits do this).
+        + [
+            (3, 31, "a", 1, "train"),
+            (3, 32, "b", 2, "test"),
+            (3, 33, "c", 3, "train"),
+            (3, 34, "d", 4, "valid"),
+        ]
+        + [(4, 41, "e", 1, "test"), (4, 42, "f", 2, "train")],
         "user_idx long, item_idx long, item_id string, timestamp long, split string",
     )
     got = {(r.user_idx, r.split): r for r in build_sequences(events, 3).collect()}
@@ -53,6 +61,11 @@ def test_sequences_truncate_from_the_left_and_histories_precede_targets(spark: S
     assert got[(1, "test")].history_item_idx == [14, 15, 90] and got[(1, "test")].target_item_idx == 91
     assert got[(2, "train")].history_item_idx == [5]  # shorter than max_length: kept whole
     assert got[(2, "train")].length == 1
+    assert got[(3, "test")].history_item_idx == [31] and got[(3, "test")].target_item_idx == 32
+    assert got[(3, "valid")].history_item_idx == [31, 32, 33] and got[(3, "valid")].target_item_idx == 34
+    assert got[(3, "train")].history_item_idx == [31, 33]
+    assert got[(4, "test")].history_item_idx == [] and got[(4, "test")].target_item_idx == 41
+    assert len(got) == 9
 
 
 def test_features_stage_on_fixture(spark: SparkSession, make_cfg: Any, tmp_path: Path) -> None:
