@@ -59,6 +59,8 @@ class SequentialConfig:
     # Early stopping is ignored before min_steps optimizer steps; linear LR warmup (sasrec.yaml says why).
     min_steps: int = 0
     warmup_steps: int = 0
+    # loss: full refuses a catalog whose batch logits (batch_size x max_len x items, float32) exceed this.
+    full_softmax_max_gib: float = 2.0
     # Baselines whose validation NDCG@10 the model must beat (models/sequential/floor.py); () = no floor.
     floor_baselines: tuple[str, ...] = ()
     # The `molar:` block (architecture=molar only; sasrec.yaml has none).
@@ -86,6 +88,21 @@ class SequentialConfig:
             )
         if min(self.min_steps, self.warmup_steps) < 0:
             raise ConfigError(f"{_SOURCE}/{name}.yaml: min_steps and warmup_steps must be >= 0.")
+
+    def check_catalog(self, num_items: int) -> None:
+        """Refuse a full softmax the catalog makes too large to hold (it would swap or be OOM-killed)."""
+        if self.loss != "full":
+            return
+        gib = self.batch_size * self.max_len * num_items * 4 / 2**30
+        if gib > self.full_softmax_max_gib:
+            raise ConfigError(
+                f"{_SOURCE}/{self.name}.yaml: loss: full scores all {num_items:,} items at every position: "
+                f"batch_size x max_len x items = {self.batch_size} x {self.max_len} x {num_items:,} logits "
+                f"({gib:.1f} GiB, about 3x that with gradients), above full_softmax_max_gib="
+                f"{self.full_softmax_max_gib:g}. Use model.loss=sampled (softmax over the target and "
+                f"model.num_negatives={self.num_negatives} popularity samples, logQ-corrected), or lower "
+                f"model.batch_size / model.max_len."
+            )
 
 
 @dataclass(frozen=True)

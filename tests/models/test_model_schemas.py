@@ -20,7 +20,13 @@ from models.schemas import BENCH_SCHEMAS, register_model_schemas
 from models.sequential.config import SequentialBenchSettings, SequentialConfig
 from recsys.config import as_dict, compose, conf_dir, to_plain, typed
 from recsys.errors import ConfigError
-from recsys.settings import FeaturesBenchSettings, RetrievalBenchSettings, ServingBenchSettings, TrainerConfig
+from recsys.settings import (
+    FeaturesBenchSettings,
+    RetrievalBenchSettings,
+    ScalingBenchSettings,
+    ServingBenchSettings,
+    TrainerConfig,
+)
 from recsys.structured import schema_for
 
 register_model_schemas()
@@ -111,6 +117,7 @@ def test_registered_schemas() -> None:
         "sequential": SequentialBenchSettings,
         "reclora": RecLoRABenchSettings,
         "serving": ServingBenchSettings,
+        "scaling": ScalingBenchSettings,
     }
     assert expected == BENCH_SCHEMAS
     for name, schema in expected.items():
@@ -179,3 +186,15 @@ def test_trainer_comes_from_the_trainer_group() -> None:
     cpu = typed(TrainerConfig, compose([])["trainer"], "trainer")
     assert cpu.limit_train_batches is None
     assert build_trainer(cpu, logger=False, enable_checkpointing=False).limit_train_batches == 1.0
+
+
+def test_full_softmax_over_a_catalog_too_large_to_hold_is_refused_naming_sampled() -> None:
+    sasrec = typed(SequentialConfig, compose(["model=sasrec"])["model"], "model")
+    sasrec.check_catalog(1_683)  # MovieLens-100K: 0.08 GiB of logits
+    # 64 x 200 x 100k float32 logits = 4.8 GiB: swap or the OOM killer, so the stage says what to do.
+    with pytest.raises(
+        ConfigError, match=r"loss: full.*4\.8 GiB.*full_softmax_max_gib=2.*model\.loss=sampled"
+    ):
+        sasrec.check_catalog(100_000)
+    sampled = typed(SequentialConfig, compose(["model=sasrec", "model.loss=sampled"])["model"], "model")
+    sampled.check_catalog(1_000_000)
