@@ -481,9 +481,9 @@ class CTRDataModule(LightningDataModule):
             world_size=world_size,
             shuffle_buffer_rows=self.shuffle_buffer_rows,
         )
-        if len(dataset) == 0:
-            # Every process must see at least one batch (they stay in step for the sharded lookups); a split
-            # this small would train or score nothing, silently.
+        if world_size > 1 and len(dataset) == 0 and dataset.num_rows > 0:
+            # Every process must see at least one batch (they stay in step for the sharded lookups): the
+            # split's rows would be dropped and nothing trained or scored, silently.
             raise InputError(
                 f"{self.folder}: the {split!r} split has {dataset.num_rows:,} rows, "
                 f"{dataset.num_global_batches} batch(es) of model.batch_size={dataset.batch_size}, "
