@@ -27,8 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.graph import parse_pipeline
+from pipelines.graph import PipelineSpec, parse_pipeline
 from pipelines.markers import read_marker, started_path
+from pipelines.runner import merge_overrides
+from recsys.conditions import DISK_FULL, condition_in
 from recsys.config import compose, to_plain
 from recsys.console import console, step
 from recsys.datasets import synthetic, synthetic_spec
@@ -74,24 +76,26 @@ class SizeOutcome:
         return result
 
 
-def size_overrides(size: ScalingSize) -> list[str]:
-    return [f"data.num_events={size.events}", f"data.num_users={size.users}", f"data.num_items={size.items}"]
-
-
-def _size_config(settings: ScalingBenchSettings, size: ScalingSize, root: Path) -> dict[str, Any]:
-    """The root config the pipeline's stages see at this size (its data and run folder)."""
-    pipeline = to_plain(compose([f"pipeline={settings.pipeline}"]))["pipeline"]
-    overrides = [
-        *pipeline.get("overrides", []),
+def user_overrides(settings: ScalingBenchSettings, size: ScalingSize, root: Path) -> list[str]:
+    """What the benchmark passes to ``recsys pipeline run`` for one size."""
+    return [
+        # The pipeline's stages select data=synthetic; the command's root config must too, for the sizes.
+        "data=synthetic",
         *settings.overrides,
-        *size_overrides(size),
+        f"data.num_events={size.events}",
+        f"data.num_users={size.users}",
+        f"data.num_items={size.items}",
         f"paths.root={root}",
     ]
-    return to_plain(compose([f"pipeline={settings.pipeline}", *overrides]))
 
 
-def pipeline_stages(cfg: Mapping[str, Any]) -> list[str]:
-    return [s.name for s in parse_pipeline(cfg["pipeline"]).stages]
+def pipeline_spec(settings: ScalingBenchSettings) -> PipelineSpec:
+    return parse_pipeline(to_plain(compose([f"pipeline={settings.pipeline}"]))["pipeline"])
+
+
+def _size_config(spec: PipelineSpec, overrides: Sequence[str]) -> dict[str, Any]:
+    """The base config the pipeline runner composes at this size (its data and run folder)."""
+    return to_plain(compose(merge_overrides(spec.overrides, overrides)))
 
 
 def _generate(cfg: Mapping[str, Any], root: Path, interval_s: float) -> dict[str, float]:
@@ -119,16 +123,22 @@ def _stopped_by(returncode: int, limit: str | None, tail: str) -> tuple[str, str
         return limit, tail
     if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return "memory", f"killed by SIGKILL (the kernel's OOM killer?); {tail}"
-    lowered = tail.lower()
-    if "no space left" in lowered or "disk is full" in lowered:
+    found = condition_in(tail)
+    if found is not None and found[0] is DISK_FULL:
         return "disk", tail
+    lowered = tail.lower()
     if "memoryerror" in lowered or "out of memory" in lowered or "java heap space" in lowered:
         return "memory", tail
     return "error", tail
 
 
 def _run_size(
-    settings: ScalingBenchSettings, size: ScalingSize, root: Path, stages: Sequence[str], run_folder: Path
+    settings: ScalingBenchSettings,
+    size: ScalingSize,
+    root: Path,
+    overrides: Sequence[str],
+    stages: Sequence[str],
+    run_folder: Path,
 ) -> tuple[int, str | None, ResourceUsage]:
     """Run the pipeline for one size under the memory and time budgets; (exit code, budget hit, usage)."""
     exe = Path(sys.executable).parent / "recsys"
@@ -139,11 +149,7 @@ def _run_size(
         "run",
         "--force",
         f"pipeline={settings.pipeline}",
-        # The pipeline's stages select data=synthetic; the root config must too, for the sizes below.
-        "data=synthetic",
-        *settings.overrides,
-        *size_overrides(size),
-        f"paths.root={root}",
+        *overrides,
     ]
     log = root / LOG_FILE
     hit: list[str] = []
@@ -183,21 +189,24 @@ def _tail(path: Path) -> str:
     return " | ".join((failed or lines)[-_TAIL_LINES:])
 
 
-def measure_size(settings: ScalingBenchSettings, size: ScalingSize, work: Path) -> SizeOutcome:
+def measure_size(
+    settings: ScalingBenchSettings, spec: PipelineSpec, size: ScalingSize, work: Path
+) -> SizeOutcome:
     """Generate the size's data, run its pipeline and collect every stage's cost from the markers."""
     root = work / size.label
     root.mkdir(parents=True, exist_ok=True)
-    cfg = _size_config(settings, size, root)
-    stages = pipeline_stages(cfg)
+    overrides = user_overrides(settings, size, root)
+    cfg = _size_config(spec, overrides)
+    stages = [s.name for s in spec.stages]
     run_folder = RunPaths.from_cfg(cfg).run
     outcome = SizeOutcome(size)
     with step(f"{size.label} events: generate synthetic data"):
         outcome.stages[GENERATE] = _generate(cfg, root, settings.sample_interval_s)
-    # A stage that ran before (an earlier bench run) would otherwise report its old cost.
+    # A started marker left by an earlier, killed bench run would name the wrong stage as the running one.
     for name in stages:
         started_path(run_folder, name).unlink(missing_ok=True)
     start = datetime.now(UTC)
-    returncode, limit, usage = _run_size(settings, size, root, stages, run_folder)
+    returncode, limit, usage = _run_size(settings, size, root, overrides, stages, run_folder)
     outcome.total = usage.as_dict()
     for name in stages:
         marker = read_marker(run_folder, name)
@@ -355,10 +364,11 @@ def _tables(
 def run_scaling_bench(cfg: Mapping[str, Any]) -> dict[str, Any]:
     settings = typed(ScalingBenchSettings, cfg["bench"], "bench")
     work = Path(settings.work_dir) if settings.work_dir else Path(cfg["paths"]["root"]) / "_bench" / "scaling"
-    stages = pipeline_stages(_size_config(settings, settings.sizes[0], work / settings.sizes[0].label))
+    spec = pipeline_spec(settings)
+    stages = [s.name for s in spec.stages]
     outcomes: list[SizeOutcome] = []
     for size in settings.sizes:
-        outcome = measure_size(settings, size, work)
+        outcome = measure_size(settings, spec, size, work)
         outcomes.append(outcome)
         if not outcome.completed:
             console.print(

@@ -31,13 +31,15 @@ class Condition:
     remedy: str
 
 
+DISK_FULL = Condition(
+    "disk full",
+    (errno.ENOSPC,),
+    ("No space left on device", "database or disk is full"),
+    "free space on that filesystem, or set paths.root (and spark.local_dir) to one with room",
+)
+
 CONDITIONS = (
-    Condition(
-        "disk full",
-        (errno.ENOSPC,),
-        ("No space left on device", "database or disk is full"),
-        "free space on that filesystem, or set paths.root (and spark.local_dir) to one with room",
-    ),
+    DISK_FULL,
     Condition(
         "disk quota exceeded",
         (errno.EDQUOT,),
@@ -97,11 +99,20 @@ def known_condition(exc: BaseException) -> EnvironmentConditionError | None:
             for condition in CONDITIONS:
                 if link.errno in condition.errnos:
                     return _error(condition, f"{_where(link)} ({link.strerror})")
-    text = " ".join(str(link) for link in chain)
+    found = condition_in(" ".join(str(link) for link in chain))
+    if found is not None:
+        condition, pattern = found
+        return _error(condition, f" ({pattern})")
+    return None
+
+
+def condition_in(text: str) -> tuple[Condition, str] | None:
+    """The condition whose message text appears in ``text`` (an error message, or a failed command's log
+    line), with the text that matched."""
     for condition in CONDITIONS:
         for pattern in condition.texts:
             if pattern in text:
-                return _error(condition, f" ({pattern})")
+                return condition, pattern
     return None
 
 
