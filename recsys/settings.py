@@ -476,6 +476,7 @@ class NoParams:
 class ItemKNNParams:
     neighbors: int
     shrink: float
+    block_items: int
 
 
 @dataclass(frozen=True)

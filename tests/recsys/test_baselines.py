@@ -48,6 +48,25 @@ def test_itemknn_keeps_only_top_neighbours() -> None:
     assert np.all(np.diff(model.similarity.tocsc().indptr) <= 1)
 
 
+def test_itemknn_blockwise_equals_one_block() -> None:
+    rng = np.random.default_rng(0)
+    train = sp.random(60, 23, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    whole = ItemKNN(neighbors=4, shrink=2.0, block_items=23)
+    whole.fit(train)
+    for block in (1, 5, 22):
+        blocked = ItemKNN(neighbors=4, shrink=2.0, block_items=block)
+        blocked.fit(train)
+        assert (blocked.similarity != whole.similarity).nnz == 0, block
+    assert whole.similarity.nnz > 0
+    assert np.all(np.diff(whole.similarity.tocsc().indptr) <= 4)
+    assert np.all(whole.similarity.diagonal() == 0)
+
+
+def test_itemknn_refuses_an_empty_block() -> None:
+    with pytest.raises(ConfigError, match="block_items"):
+        ItemKNN(block_items=0).fit(X)
+
+
 def test_ease_matches_columnwise_ridge_with_zero_diagonal() -> None:
     l2 = 2.0
     model = EASE(l2=l2)
@@ -91,16 +110,18 @@ def test_baselines_are_built_from_their_composed_model_configs() -> None:
         for name in ("mostpop", "itemknn", "ease", "puresvd")
     }
     assert built["mostpop"] == MostPop()
-    assert built["itemknn"] == ItemKNN(neighbors=100, shrink=10.0)
+    assert built["itemknn"] == ItemKNN(neighbors=100, shrink=10.0, block_items=2048)
     assert built["ease"] == EASE(l2=500.0, max_items=20000)
     assert built["puresvd"] == PureSVD(dim=64, seed=3)
 
 
 def test_baseline_params_are_checked_with_the_key_named() -> None:
-    itemknn = {"name": "itemknn", "family": "baseline", "params": {"neighbors": 5, "shrink": 1.0}}
+    params = {"neighbors": 5, "shrink": 1.0, "block_items": 64}
+    itemknn = {"name": "itemknn", "family": "baseline", "params": params}
+    assert build_baseline(itemknn, 0) == ItemKNN(neighbors=5, shrink=1.0, block_items=64)
     with pytest.raises(ConfigError, match=r"model\.params\.neighbours"):
-        build_baseline({**itemknn, "params": {"neighbours": 5, "shrink": 1.0}}, 0)
+        build_baseline({**itemknn, "params": {**params, "neighbours": 5}}, 0)
     with pytest.raises(ConfigError, match=r"model\.params\.neighbors"):
-        build_baseline({**itemknn, "params": {"neighbors": "many", "shrink": 1.0}}, 0)
+        build_baseline({**itemknn, "params": {**params, "neighbors": "many"}}, 0)
     with pytest.raises(ConfigError, match=r"model\.params\.shrink"):
-        build_baseline({**itemknn, "params": {"neighbors": 5}}, 0)
+        build_baseline({**itemknn, "params": {"neighbors": 5, "block_items": 64}}, 0)
