@@ -1,9 +1,12 @@
 """Offline evaluation of history-based recommenders on a features snapshot, logged to MLflow.
 
-Protocol (full ranking over the whole catalog, seen items masked, never sampled):
+Protocol (full ranking over the whole catalog, seen items masked, never a sampled catalog):
 * ``valid``: the model scores each user's train history; truth = the user's valid items.
 * ``test``: history = train + valid items; truth = the user's test items.
-The model is fitted on train only. Users without a truth item in a split are not evaluated in it.
+The model is fitted on train only. Users without a truth item in a split are not evaluated in it. On large
+logs ``evaluation.max_users`` evaluates a seeded uniform sample of the users instead of all of them (the
+items are never sampled); the sample is part of the evaluation set's name, so the promotion gate never
+compares a sampled evaluation with a full one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ class InteractionData:
     item_ids: np.ndarray
     content_vectors: np.ndarray | None
     eval_set: str
+    # Users per split whose lists are evaluated: every user with a truth item, or a sample of them.
+    sampled_users: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def evaluated_users(self, split: str) -> np.ndarray:
+        """``[U]`` sorted user indices evaluated in ``split``: those with a truth item (all of them unless
+        ``evaluation.max_users`` sampled them)."""
+        if split in self.sampled_users:
+            return self.sampled_users[split]
+        return np.flatnonzero(np.diff(self.matrices[split].indptr) > 0).astype(np.int64)
 
     def history(self, split: str) -> sp.csr_matrix:
         if split == "valid":
@@ -60,8 +72,22 @@ class InteractionData:
         return np.asarray((everything > 0).sum(axis=0)).ravel().astype(np.float64)
 
 
-def load_interactions(features: Path) -> InteractionData:
-    """Read ``split``, ``vocab_item`` and ``content`` from a published features stage."""
+def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray | None:
+    """A sorted seeded uniform sample of ``max_users`` of ``users``, or ``None`` when there are no more
+    users than that (nothing to sample). Depends only on the users and the seed, so every model of a
+    snapshot is evaluated on the same users."""
+    if max_users is None or users.size <= max_users:
+        return None
+    chosen = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+    return np.sort(chosen).astype(np.int64)
+
+
+def load_interactions(features: Path, eval_cfg: Mapping[str, Any] | None = None) -> InteractionData:
+    """Read ``split``, ``vocab_item`` and ``content`` from a published features stage.
+
+    ``eval_cfg`` (``cfg["evaluation"]``) brings ``max_users`` and ``sample_seed``: without it, or with
+    ``max_users: null``, every user with a truth item is evaluated.
+    """
     split_manifest = read_manifest(features / "split")
     num_users = int(split_manifest.counts["num_users"])
     num_items = int(split_manifest.counts["num_items"])
@@ -80,7 +106,17 @@ def load_interactions(features: Path) -> InteractionData:
     item_ids[vocab[ITEM_IDX].to_numpy()] = vocab["item_id"].to_numpy()
     content = _category_vectors(features / "content", num_items) if (features / "content").is_dir() else None
     eval_set = f"{split_manifest.source_fingerprint[:16]}-{split_manifest.config_hash[:16]}"
-    return InteractionData(num_users, num_items, matrices, popularity, item_ids, content, eval_set)
+    limit = None if eval_cfg is None or eval_cfg.get("max_users") is None else int(eval_cfg["max_users"])
+    seed = 0 if eval_cfg is None else int(eval_cfg.get("sample_seed", 0))
+    sampled = {}
+    for name in ("valid", "test"):
+        everyone = np.flatnonzero(np.diff(matrices[name].indptr) > 0).astype(np.int64)
+        sample = sample_users(everyone, limit, seed)
+        if sample is not None:
+            sampled[name] = sample
+    if sampled:
+        eval_set += f"-users{limit}s{seed}"
+    return InteractionData(num_users, num_items, matrices, popularity, item_ids, content, eval_set, sampled)
 
 
 def _category_vectors(folder: Path, num_items: int) -> np.ndarray | None:
@@ -125,7 +161,7 @@ def evaluate_scorer(
     out = {}
     for split in eval_cfg["splits"]:
         truth_all = data.matrices[str(split)]
-        users = np.flatnonzero(np.diff(truth_all.indptr) > 0)
+        users = data.evaluated_users(str(split))
         history = data.history(str(split))
 
         def score_fn(batch: np.ndarray, history: sp.csr_matrix = history) -> np.ndarray:
@@ -230,12 +266,13 @@ def write_evaluation(result: EvaluateResult, folder: Path, model_version: str, r
 def fit_and_evaluate(cfg: Mapping[str, Any], features: Path) -> EvaluateResult:
     model_cfg = cfg["model"]
     with step(f"load features from {features}"):
-        data = load_interactions(features)
+        data = load_interactions(features, cfg["evaluation"])
     scorer = build_baseline(model_cfg, int(cfg["seed"]))
     with step(f"fit {scorer.name} on {data.matrices['train'].nnz:,} train interactions"):
         scorer.fit(data.matrices["train"])
     result = EvaluateResult(scorer.name, data, scorer, model_config=dict(model_cfg), seed=int(cfg["seed"]))
-    with step(f"full-ranking evaluation over {data.num_items - FIRST_INDEX:,} items"):
+    users = ", ".join(f"{len(data.evaluated_users(str(s))):,} {s}" for s in cfg["evaluation"]["splits"])
+    with step(f"full-ranking evaluation of {users} users over {data.num_items - FIRST_INDEX:,} items"):
         result.splits = evaluate_scorer(scorer, data, cfg["evaluation"])
     return result
 

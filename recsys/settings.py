@@ -389,6 +389,17 @@ class EvaluationConfig:
     promotion_metric: str
     candidates_k: int
     rerank_retriever: str
+    # null = every user with a truth item; an int = a seeded uniform sample of that many users per split,
+    # so evaluation costs O(max_users x items) instead of O(users x items) on large logs.
+    max_users: int | None = None
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(
+                f"config key evaluation.max_users={self.max_users}: must be >= 1, or null to evaluate "
+                "every user."
+            )
 
 
 @dataclass(frozen=True)

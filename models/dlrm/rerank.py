@@ -301,10 +301,10 @@ def two_stage_evaluation(cfg: Mapping[str, Any], module: Ranker, retriever: str)
     if not vectors_path.is_file():
         raise FileNotFoundError(f"{vectors_path}: no item vectors; run `recsys evaluate model={retriever}`.")
     vectors = np.load(vectors_path).astype(np.float32)
-    data = load_interactions(features)
+    data = load_interactions(features, cfg["evaluation"])
     k = int(cfg["evaluation"]["candidates_k"])
     truth: sp.csr_matrix = data.matrices[TEST_SPLIT]
-    users = np.flatnonzero(np.diff(truth.indptr) > 0).astype(np.int64)
+    users = data.evaluated_users(TEST_SPLIT)
     history = data.history(TEST_SPLIT)
 
     def fold_in(batch: np.ndarray) -> npt.NDArray[np.float32]:

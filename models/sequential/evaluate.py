@@ -57,11 +57,12 @@ class RankingEvaluator:
     ) -> SplitEvaluation:
         """Top-K lists and metrics for ``users [U]`` with ``user_vectors [U, D]`` and ``item_vectors [N, D]``.
 
-        Users of ``split`` without a vector (no sequence row) are not evaluated; ``beyond_accuracy=False``
+        The users are ``data.evaluated_users(split)`` (a sample of them when ``evaluation.max_users`` is set);
+        those without a vector (no sequence row) are not evaluated; ``beyond_accuracy=False``
         (used for the per-epoch validation) keeps only the ranking metrics' overall rows, which is cheaper.
         """
         truth_all = self.data.matrices[split]
-        evaluated = np.flatnonzero(np.diff(truth_all.indptr) > 0)
+        evaluated = self.data.evaluated_users(split)
         row_of = np.full(self.data.num_users, -1, dtype=np.int64)
         row_of[users] = np.arange(users.size)
         evaluated = evaluated[row_of[evaluated] >= 0]

@@ -233,7 +233,7 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     features = RunPaths.from_cfg(cfg).features
     with step(f"load sequences (max_len {model_cfg.max_len}) and interactions from {features}"):
         data = load_sequences(features, model_cfg.max_len)
-        interactions = load_interactions(features)
+        interactions = load_interactions(features, cfg["evaluation"])
     model_cfg.check_catalog(data.num_items)
     content = content_matrix(cfg, model_cfg)
     seeds = model_cfg.seeds or (int(cfg["seed"]),)

@@ -60,3 +60,30 @@ def test_rare_item_bucket_and_masking_match_hand_values() -> None:
     rare = strict.metrics[strict.metrics["bucket"] == "items_le0"]
     # with max 0 only never-trained targets count: items 5 and 6 (users 1 and 2), both ranked first
     assert rare[(rare["metric"] == "hit_rate") & (rare["k"] == 1)]["value"].item() == pytest.approx(1.0)
+
+
+def test_only_the_sampled_users_are_evaluated() -> None:
+    train = matrix([(1, 2), (2, 2), (3, 2)])
+    test = matrix([(1, 6), (2, 5), (3, 4)])
+    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
+    data = InteractionData(
+        NUM_USERS,
+        NUM_ITEMS,
+        {"train": train, "valid": matrix([(1, 5)]), "test": test},
+        popularity,
+        np.array([f"i{i}" for i in range(NUM_ITEMS)], dtype=object),
+        None,
+        "set-users2s0",
+        sampled_users={"test": np.array([1, 3])},
+    )
+    cfg = {"ks": [1], "bucket_edges": [1], "batch_size": 2}
+    evaluator = RankingEvaluator(data, cfg, few_interactions_max=1)
+    users = np.array([1, 2, 3])
+    items = np.eye(NUM_ITEMS, dtype=np.float32)
+    scores = np.array([[0, 0, 0, 0, 0, 0, 9], [0, 0, 0, 0, 0, 0, 9], [0, 0, 0, 0, 0, 9, 0]], dtype=np.float32)
+    result = evaluator.evaluate("test", users, scores, items)
+    # user 2 (a hit) is outside the sample; users 1 (hit on 6) and 3 (miss: 5 is not its item 4) remain
+    assert result.users.tolist() == [1, 3]
+    assert result.topk_items[:, 0].tolist() == [6, 5]
+    hits = result.metrics[(result.metrics["metric"] == "hit_rate") & (result.metrics["bucket"] == "all")]
+    assert hits["value"].item() == pytest.approx(0.5)
