@@ -9,8 +9,8 @@ into a padded matrix with one vectorised scatter (:func:`left_pad`), never a Pyt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -88,6 +88,18 @@ class SequenceData:
     full_histories: np.ndarray
     num_items: int
     num_users: int
+
+
+def keep_evaluated_users(data: SequenceData, evaluated: Mapping[str, np.ndarray]) -> SequenceData:
+    """``data`` with each split in ``evaluated`` holding only those users' histories: with a sampled
+    evaluation (``evaluation.max_users``) the validation and test loops then encode the sample, not every
+    user, which on a large log costs more than the training steps themselves."""
+    evaluation = dict(data.evaluation)
+    for split, users in evaluated.items():
+        part = evaluation[split]
+        keep = np.isin(part.users, users)
+        evaluation[split] = EvalSequences(part.users[keep], part.histories[keep])
+    return replace(data, evaluation=evaluation)
 
 
 def load_sequences(features: Path, max_len: int) -> SequenceData:

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from models.common.trainer import build_trainer
 from models.sequential.config import SequentialConfig
-from models.sequential.data import SequenceData, SequenceDataModule, load_sequences
+from models.sequential.data import SequenceData, SequenceDataModule, keep_evaluated_users, load_sequences
 from models.sequential.evaluate import RankingEvaluator, few_interactions_bucket
 from models.sequential.floor import learning_floor
 from models.sequential.module import VALIDATION_METRIC, BestWeights, SequentialLitModule
@@ -234,6 +234,7 @@ def run_train(cfg: Mapping[str, Any]) -> TrainResult:
     with step(f"load sequences (max_len {model_cfg.max_len}) and interactions from {features}"):
         data = load_sequences(features, model_cfg.max_len)
         interactions = load_interactions(features, cfg["evaluation"])
+        data = keep_evaluated_users(data, interactions.sampled_users)
     model_cfg.check_catalog(data.num_items)
     content = content_matrix(cfg, model_cfg)
     seeds = model_cfg.seeds or (int(cfg["seed"]),)

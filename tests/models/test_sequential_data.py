@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
-from models.sequential.data import HISTORY, load_sequences
+from models.sequential.data import HISTORY, EvalSequences, SequenceData, keep_evaluated_users, load_sequences
 from recsys.config import compose, to_plain
 from recsys.schema import PADDING_INDEX, SPLIT
 from recsys.tables import read_arrow
@@ -41,3 +41,24 @@ def test_single_item_train_sequences_are_not_train_rows_but_still_served(feature
     # Served users keep their history, one item or more.
     served = (data.full_histories != PADDING_INDEX).sum(axis=1)
     assert served.min() >= 1 and np.isin(train.column("user_idx").to_numpy(), data.full_users).all()
+
+
+def test_only_the_evaluated_users_keep_their_evaluation_histories() -> None:
+    histories = np.arange(12, dtype=np.int64).reshape(4, 3)
+    data = SequenceData(
+        train=np.zeros((1, 4), dtype=np.int64),
+        evaluation={
+            "valid": EvalSequences(np.array([2, 5, 7, 9]), histories),
+            "test": EvalSequences(np.array([2, 5, 7, 9]), histories + 100),
+        },
+        full_users=np.array([2, 5, 7, 9]),
+        full_histories=histories,
+        num_items=200,
+        num_users=10,
+    )
+    kept = keep_evaluated_users(data, {"test": np.array([5, 9])})
+    assert kept.evaluation["test"].users.tolist() == [5, 9]
+    assert kept.evaluation["test"].histories.tolist() == (histories[[1, 3]] + 100).tolist()
+    # a split that was not sampled, and the serving histories, stay whole
+    assert kept.evaluation["valid"].users.tolist() == [2, 5, 7, 9]
+    assert np.array_equal(kept.full_histories, histories)
