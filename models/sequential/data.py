@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from models.sequential.network import shortest_first
 from recsys.errors import InputError
 from recsys.manifest import read_manifest, require_columns
 from recsys.schema import PADDING_INDEX, SPLIT, USER_IDX
@@ -217,7 +218,9 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader[tuple[torch.Tensor, ...]]:
         part = self.data.evaluation[split]
-        dataset = TensorDataset(torch.from_numpy(part.users), torch.from_numpy(part.histories))
+        # Shortest histories first: each batch is trimmed to its longest history (the users travel along).
+        order = shortest_first(part.histories)
+        dataset = TensorDataset(torch.from_numpy(part.users[order]), torch.from_numpy(part.histories[order]))
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:

@@ -242,15 +242,30 @@ def build_network(
     )
 
 
+def shortest_first(histories: np.ndarray) -> np.ndarray:
+    """``[U]`` row order of ``histories [U, L]`` by ascending history length (stable).
+
+    Batches of similar lengths lose their common left padding (:func:`trim_left_padding`): on a long-tailed
+    log most histories are short, and a batch in user order almost always holds one long history, so every
+    row would otherwise be encoded at nearly ``L`` positions.
+    """
+    lengths = (histories != PADDING_INDEX).sum(axis=1)
+    order: np.ndarray = np.argsort(lengths, kind="stable")
+    return order
+
+
 def encode_users(network: SASRec | MolarNet, histories: np.ndarray, batch_size: int) -> np.ndarray:
-    """``[U, D]`` float32 user vectors of ``histories [U, L]`` (eval mode, no gradients, batched)."""
+    """``[U, D]`` float32 user vectors of ``histories [U, L]`` (eval mode, no gradients, batched shortest
+    histories first; row r of the result belongs to ``histories[r]``)."""
     was_training = network.training
     network.eval()
-    out = []
+    dim = int(network.item_vectors().shape[1])
+    out = np.zeros((histories.shape[0], dim), dtype=np.float32)
+    order = shortest_first(histories)
     with torch.no_grad():
         for start in range(0, histories.shape[0], batch_size):
-            batch = trim_left_padding(torch.from_numpy(histories[start : start + batch_size]))
-            out.append(network.user_vectors(batch).float().numpy())
+            rows = order[start : start + batch_size]
+            batch = trim_left_padding(torch.from_numpy(histories[rows]))
+            out[rows] = network.user_vectors(batch).float().numpy()
     network.train(was_training)
-    dim = int(network.item_vectors().shape[1])
-    return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
+    return out

@@ -9,7 +9,15 @@ import torch
 
 from models.sequential.config import MolarConfig, SequentialConfig
 from models.sequential.data import LengthBucketSampler, append_newest, left_pad
-from models.sequential.network import MolarNet, SASRec, attention_mask, build_network, trim_left_padding
+from models.sequential.network import (
+    MolarNet,
+    SASRec,
+    attention_mask,
+    build_network,
+    encode_users,
+    shortest_first,
+    trim_left_padding,
+)
 from recsys.config import typed
 
 NUM_ITEMS = 12
@@ -85,6 +93,18 @@ def test_left_padding_does_not_change_real_positions(network: SASRec | MolarNet)
     assert torch.count_nonzero(b[:, :5]) == 0
     torch.testing.assert_close(vectors[0], a[0, -1])
     assert torch.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("network", networks(), ids=["sasrec", "molar"])
+def test_batched_encoding_in_length_order_equals_one_user_at_a_time(network: SASRec | MolarNet) -> None:
+    rng = np.random.default_rng(3)
+    lengths = [8, 1, 3, 8, 2, 5, 1, 7]
+    histories = left_pad(pa.array([rng.integers(2, NUM_ITEMS, n).tolist() for n in lengths]), MAX_LEN)
+    assert shortest_first(histories).tolist() == [1, 6, 4, 2, 5, 7, 0, 3]
+    batched = encode_users(network, histories, batch_size=3)
+    for row, history in enumerate(histories):
+        alone = encode_users(network, history[None, :], batch_size=1)[0]
+        np.testing.assert_allclose(batched[row], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_sasrec_scores_are_hidden_times_shared_item_embedding() -> None:
