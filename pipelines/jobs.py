@@ -17,6 +17,7 @@ from recsys.offline import (
     fit_and_evaluate,
     load_interactions,
     print_metrics,
+    users_with_interactions,
     write_evaluation,
 )
 from recsys.paths import RunPaths
@@ -100,7 +101,7 @@ def index_stage(cfg: Mapping[str, Any], retriever: Retriever) -> StageResult:
         )
         index.save(index_dir)
     everything = (data.matrices["train"] + data.matrices["valid"] + data.matrices["test"]).tocsr()
-    users = np.flatnonzero(np.diff(everything.indptr) > 0)
+    users = users_with_interactions(everything)
     if published.user_vectors is not None:
         # Sequence models: the model's own user encoder over each full, ordered history (row = user_idx).
         user_vectors = np.ascontiguousarray(published.user_vectors[users], dtype=np.float32)

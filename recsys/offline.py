@@ -56,7 +56,7 @@ class InteractionData:
         ``evaluation.max_users`` sampled them)."""
         if split in self.sampled_users:
             return self.sampled_users[split]
-        return np.flatnonzero(np.diff(self.matrices[split].indptr) > 0).astype(np.int64)
+        return users_with_interactions(self.matrices[split])
 
     def history(self, split: str) -> sp.csr_matrix:
         if split == "valid":
@@ -70,6 +70,11 @@ class InteractionData:
         whole snapshot, unlike ``item_popularity``, which is train only to keep evaluation honest)."""
         everything = self.matrices["train"] + self.matrices["valid"] + self.matrices["test"]
         return np.asarray((everything > 0).sum(axis=0)).ravel().astype(np.float64)
+
+
+def users_with_interactions(matrix: sp.csr_matrix) -> np.ndarray:
+    """``[U]`` sorted int64 indices of the non-empty rows of a ``[num_users, N]`` CSR matrix."""
+    return np.flatnonzero(np.diff(matrix.indptr) > 0).astype(np.int64)
 
 
 def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray | None:
@@ -110,8 +115,7 @@ def load_interactions(features: Path, eval_cfg: Mapping[str, Any] | None = None)
     seed = 0 if eval_cfg is None else int(eval_cfg.get("sample_seed", 0))
     sampled = {}
     for name in ("valid", "test"):
-        everyone = np.flatnonzero(np.diff(matrices[name].indptr) > 0).astype(np.int64)
-        sample = sample_users(everyone, limit, seed)
+        sample = sample_users(users_with_interactions(matrices[name]), limit, seed)
         if sample is not None:
             sampled[name] = sample
     if sampled:

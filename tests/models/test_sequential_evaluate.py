@@ -20,13 +20,15 @@ def matrix(rows: list[tuple[int, int]]) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(rows), np.float32), (users, items)), shape=(NUM_USERS, NUM_ITEMS))
 
 
-def test_rare_item_bucket_and_masking_match_hand_values() -> None:
-    # item 2 is popular (3 train users), items 3..6 are rare (<= 1)
-    train = matrix([(1, 2), (2, 2), (3, 2), (1, 3), (2, 4)])
-    valid = matrix([(1, 5), (2, 6), (3, 3)])
-    test = matrix([(1, 6), (2, 5), (3, 4)])
+def interactions(
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    test: sp.csr_matrix,
+    sampled: dict[str, np.ndarray] | None = None,
+) -> InteractionData:
+    """The snapshot of three split matrices (train popularity), sampled in the splits given."""
     popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
-    data = InteractionData(
+    return InteractionData(
         NUM_USERS,
         NUM_ITEMS,
         {"train": train, "valid": valid, "test": test},
@@ -34,7 +36,16 @@ def test_rare_item_bucket_and_masking_match_hand_values() -> None:
         np.array([f"i{i}" for i in range(NUM_ITEMS)], dtype=object),
         None,
         "set",
+        sampled_users=sampled or {},
     )
+
+
+def test_rare_item_bucket_and_masking_match_hand_values() -> None:
+    # item 2 is popular (3 train users), items 3..6 are rare (<= 1)
+    train = matrix([(1, 2), (2, 2), (3, 2), (1, 3), (2, 4)])
+    valid = matrix([(1, 5), (2, 6), (3, 3)])
+    test = matrix([(1, 6), (2, 5), (3, 4)])
+    data = interactions(train, valid, test)
     cfg = {"ks": [1, 3], "bucket_edges": [1], "batch_size": 2}
     evaluator = RankingEvaluator(data, cfg, few_interactions_max=1)
     # one-hot item vectors: a user's scores are its vector's entries
@@ -65,17 +76,7 @@ def test_rare_item_bucket_and_masking_match_hand_values() -> None:
 def test_only_the_sampled_users_are_evaluated() -> None:
     train = matrix([(1, 2), (2, 2), (3, 2)])
     test = matrix([(1, 6), (2, 5), (3, 4)])
-    popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
-    data = InteractionData(
-        NUM_USERS,
-        NUM_ITEMS,
-        {"train": train, "valid": matrix([(1, 5)]), "test": test},
-        popularity,
-        np.array([f"i{i}" for i in range(NUM_ITEMS)], dtype=object),
-        None,
-        "set-users2s0",
-        sampled_users={"test": np.array([1, 3])},
-    )
+    data = interactions(train, matrix([(1, 5)]), test, {"test": np.array([1, 3])})
     cfg = {"ks": [1], "bucket_edges": [1], "batch_size": 2}
     evaluator = RankingEvaluator(data, cfg, few_interactions_max=1)
     users = np.array([1, 2, 3])

@@ -3,6 +3,8 @@ evaluation set, and scoring each sampled user exactly as the full evaluation doe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ from tests.pipelines.conftest import Reference
 DATE = "1998-04-23"  # the demo pipeline's run.date, which the reference run keeps
 
 
-def _eval_cfg(**values: object) -> dict[str, object]:
+def _eval_cfg(**values: object) -> dict[str, Any]:
     return {**to_plain(compose([]))["evaluation"], **values}
 
 
@@ -71,7 +73,7 @@ def test_sampled_evaluation_scores_the_sampled_users_as_the_full_one(
     expected = evaluate_ranking(
         whole.topk_items[rows],
         full.matrices["test"][chosen],
-        [int(k) for k in cfg["ks"]],  # type: ignore[attr-defined]
+        [int(k) for k in cfg["ks"]],
         item_popularity=full.item_popularity,
         num_items=full.num_items - FIRST_INDEX,
         item_embeddings=full.content_vectors,
